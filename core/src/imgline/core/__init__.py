@@ -1,0 +1,1 @@
+"""imgline-core: what every imgline service shares."""

@@ -1,0 +1,1 @@
+"""imgline builder service (see ../shared/DESIGN.md section 2); built in its own issue."""

@@ -1,0 +1,1 @@
+"""imgline publisher service (see ../shared/DESIGN.md section 2); built in its own issue."""
