@@ -56,7 +56,9 @@ def test_registered_entry_point_validates_its_golden_example(name: str) -> None:
 
 
 @pytest.mark.parametrize("cls", m.ALL_MESSAGES, ids=lambda c: c.topic_suffix)
-def test_round_trip_through_fedora_messaging_serialisation(cls: type[m.ImglineMessage[Any]]) -> None:
+def test_round_trip_through_fedora_messaging_serialisation(
+    cls: type[m.ImglineMessage[Any]],
+) -> None:
     payload = cls.payload_model.model_validate(example(cls))
     msg = cls.from_payload(payload, prefix="acme")
     assert msg.topic == f"acme.{cls.topic_suffix}"

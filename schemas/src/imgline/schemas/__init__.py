@@ -1,1 +1,1 @@
-"""imgline message contracts: one pydantic payload model and one fedora-messaging class per topic."""
+"""imgline message contracts: a pydantic payload model and a fedora-messaging class per topic."""

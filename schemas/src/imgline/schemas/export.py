@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     target = Path(args[0]) if args else Path("schemas/json")
     for path in write(target):
-        print(path)  # noqa: T201
+        print(path)
     return 0
 
 

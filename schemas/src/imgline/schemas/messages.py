@@ -57,7 +57,6 @@ class ImglineMessage(fm_message.Message, Generic[P]):
     """Shared display and decoding for every imgline message; subclasses name their payload."""
 
     payload_model: ClassVar[type[p.Payload]]
-    deprecated: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -78,7 +77,13 @@ class ImglineMessage(fm_message.Message, Generic[P]):
 
     def validate(self) -> None:
         """fedora-messaging's schema check, then the model's own rules, as a jsonschema error."""
-        super().validate()
+        try:
+            super().validate()
+        except jsonschema.exceptions.ValidationError as exc:
+            where = exc.json_path.removeprefix("$.").removeprefix("$") or "<body>"
+            raise jsonschema.exceptions.ValidationError(
+                f"{self.topic_suffix} is invalid: {where}: {exc.message}"
+            ) from exc
         try:
             self._payload = self.payload_model.model_validate(self.body)
         except pydantic.ValidationError as exc:
@@ -159,7 +164,8 @@ class BuildFailedV1(ImglineMessage[p.BuildFailed]):
     def summary(self) -> str:
         b = self.body
         line = f" at kickstart line {b['kickstart_line']}" if b.get("kickstart_line") else ""
-        return f"build {_short(self.build_id)} of {b.get('name')} failed in {b.get('stage')}{line}: {b.get('error')}"
+        what = f"build {_short(self.build_id)} of {b.get('name')}"
+        return f"{what} failed in {b.get('stage')}{line}: {b.get('error')}"
 
 
 class ImageBuiltV1(ImglineMessage[p.ImageBuilt]):
@@ -171,7 +177,9 @@ class ImageBuiltV1(ImglineMessage[p.ImageBuilt]):
     def summary(self) -> str:
         b = self.body
         size = b.get("artifact", {}).get("size", 0)
-        return f"image {b.get('name')}-{b.get('version')} built ({size / 2**20:.1f} MiB, build {_short(self.build_id)})"
+        mib = size / 2**20
+        image = f"{b.get('name')}-{b.get('version')}"
+        return f"image {image} built ({mib:.1f} MiB, build {_short(self.build_id)})"
 
 
 class ImageTestedV1(ImglineMessage[p.ImageTested]):
@@ -186,7 +194,8 @@ class ImageTestedV1(ImglineMessage[p.ImageTested]):
         results = b.get("results", [])
         ok = sum(1 for r in results if r.get("status") == "passed")
         verdict = "passed" if b.get("passed") else "FAILED"
-        return f"image {img.get('name')}-{img.get('version')} {verdict} tests ({ok}/{len(results)} checks passed)"
+        image = f"{img.get('name')}-{img.get('version')}"
+        return f"image {image} {verdict} tests ({ok}/{len(results)} checks passed)"
 
 
 class ImageRejectedV1(ImglineMessage[p.ImageRejected]):
@@ -230,7 +239,8 @@ class HostUpgradeFailedV1(ImglineMessage[p.HostUpgradeFailed]):
     @property
     def summary(self) -> str:
         b = self.body
-        return f"host {b.get('host_id')} failed to apply {b.get('to_version')} at {b.get('step')}: {b.get('error')}"
+        host = f"host {b.get('host_id')}"
+        return f"{host} failed to apply {b.get('to_version')} at {b.get('step')}: {b.get('error')}"
 
 
 class HostRolledBackV1(ImglineMessage[p.HostRolledBack]):
@@ -241,7 +251,10 @@ class HostRolledBackV1(ImglineMessage[p.HostRolledBack]):
     @property
     def summary(self) -> str:
         b = self.body
-        return f"host {b.get('host_id')} rolled back {b.get('to_version')} -> {b.get('from_version')}: {b.get('error')}"
+        host = f"host {b.get('host_id')}"
+        return (
+            f"{host} rolled back {b.get('to_version')} -> {b.get('from_version')}: {b.get('error')}"
+        )
 
 
 ALL_MESSAGES: tuple[type[ImglineMessage[Any]], ...] = (

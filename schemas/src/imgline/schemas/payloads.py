@@ -204,13 +204,23 @@ def canonical_build_id(fields: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def _require_build_id(schema: dict[str, Any]) -> None:
+    """On the wire build_id is required; in Python it is computed when left out."""
+    schema.setdefault("required", [])
+    if "build_id" not in schema["required"]:
+        schema["required"].append("build_id")
+    schema["properties"]["build_id"].pop("default", None)
+
+
 class BuildRequested(Payload):
     """Someone (a git push, the CLI) asks for an image to be built."""
 
     topic: ClassVar[str] = "build.requested"
 
+    model_config = ConfigDict(json_schema_extra=_require_build_id)
+
     request_id: str = Field(min_length=1, max_length=128)
-    build_id: BuildId
+    build_id: BuildId = Field(default="", description="sha256 of the request; computed if absent")
     source: Source
     name: ImageName
     stream: StreamName = "main"

@@ -1,0 +1,436 @@
+"""The consumer harness: a service registers ``handle(msg)`` per message class and calls ``run``.
+
+One I/O thread owns the pika connection (heartbeats keep flowing while a handler works for
+twenty minutes); handlers run on worker threads. A delivery is acked only after its handler
+returned, requeued with back-off on a transient failure, and dead-lettered with the reason when
+it can never succeed or has used up its attempts. On SIGTERM the consumer stops taking work,
+lets the message in hand finish within a grace period, and otherwise leaves it to be redelivered.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import pika
+import pika.exceptions
+from fedora_messaging import exceptions as fm_exceptions
+from fedora_messaging import message as fm_message
+from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
+from pika.spec import Basic, BasicProperties
+
+from imgline.core.bus import policy, topology
+from imgline.core.bus.idempotency import DoneStore
+from imgline.core.bus.metrics import BusMetrics
+from imgline.core.bus.publisher import Publisher, connection_parameters
+from imgline.core.config import BusSettings
+from imgline.core.errors import PermanentError, TransientError
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=fm_message.Message)
+
+#: Headers added to a message when the harness dead-letters it.
+REASON_HEADER = "x-imgline-dead-letter-reason"
+QUEUE_HEADER = "x-imgline-queue"
+ATTEMPTS_HEADER = "x-imgline-attempts"
+AT_HEADER = "x-imgline-dead-lettered-at"
+
+CONNECTION_LOST = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.AMQPChannelError,
+    pika.exceptions.StreamLostError,
+    ConnectionError,
+)
+
+
+@dataclass
+class _Route:
+    handler: Callable[[Any], None]
+    key: Callable[[Any], str | None] | None
+
+
+@dataclass
+class _Delivery:
+    tag: int
+    routing_key: str
+    properties: BasicProperties
+    body: bytes
+    attempt: int
+    topic: str
+    ids: str  # "id=… topic=… build_id=…" for every log line
+    future: Future[tuple[policy.Outcome, str]] | None = None
+    started: float = 0.0
+
+
+def log_ids(msg: fm_message.Message | None, routing_key: str, props: BasicProperties) -> str:
+    """The correlation fields every log line of a delivery carries."""
+    ident = f"msg_id={props.message_id} topic={routing_key}"
+    if msg is not None:
+        body = msg.body if isinstance(msg.body, dict) else {}
+        for name in ("build_id", "host_id"):
+            if body.get(name):
+                ident += f" {name}={body[name]}"
+    return ident
+
+
+class Consumer:
+    """Runs handlers for the messages of one service queue. Build, ``on(...)``, then ``run()``."""
+
+    def __init__(
+        self,
+        settings: BusSettings,
+        url: str,
+        metrics: BusMetrics | None = None,
+        done: DoneStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.url = url
+        self.metrics = metrics or BusMetrics(settings.service)
+        self.done = done
+        self.publisher = Publisher(settings, url, self.metrics)  # for handlers (worker threads)
+        self._routes: dict[type[fm_message.Message], _Route] = {}
+        self._topics: dict[str, type[fm_message.Message]] = {}
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._inflight: dict[int, _Delivery] = {}
+        self.connects = 0  # successful broker sessions: 1 unless the broker went away
+        self._conn: BlockingConnection | None = None
+
+    # --- registration -----------------------------------------------------------------------
+
+    def on(
+        self,
+        cls: type[M],
+        handler: Callable[[M], None],
+        key: Callable[[M], str | None] | None = None,
+        topic: str | None = None,
+    ) -> None:
+        """Call ``handler`` for every valid ``cls`` message; skip ones whose ``key`` is done."""
+        suffix = topic or getattr(cls, "topic_suffix", "")
+        if not suffix:
+            raise ValueError(f"{cls.__name__} has no topic_suffix; pass topic=")
+        if key is not None and self.done is None:
+            raise ValueError("an idempotency key needs a DoneStore (pass done=)")
+        self._routes[cls] = _Route(handler, key)
+        self._topics[self.settings.routing_key(suffix)] = cls
+
+    def topology(self) -> topology.Topology:
+        suffixes = tuple(rk.split(".", 1)[1] if "." in rk else rk for rk in self._topics)
+        return topology.service_topology(self.settings, suffixes)
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop taking messages; safe from signal handlers and other threads."""
+        self._stop.set()
+
+    @property
+    def ready(self) -> threading.Event:
+        """Set once the consumer is attached to its queue (tests and the demo wait on it)."""
+        return self._ready
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop the consumer gracefully (call from the main thread)."""
+
+        def _handler(signum: int, _frame: object) -> None:
+            log.info(
+                "received %s: finishing the message in hand, then stopping",
+                signal.Signals(signum).name,
+            )
+            self.stop()
+
+        signal.signal(signal.SIGTERM, _handler)
+        signal.signal(signal.SIGINT, _handler)
+
+    def run(self) -> None:
+        """Consume until ``stop()``; reconnects with back-off when the broker goes away."""
+        if not self._routes:
+            raise ValueError("no handlers registered: call on(...) first")
+        backoff = 0.5
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._session()
+                    backoff = 0.5
+                except CONNECTION_LOST as exc:
+                    self._ready.clear()
+                    log.warning(
+                        "lost the broker (%r); %d message(s) in hand will be redelivered; "
+                        "reconnecting in %.1fs",
+                        exc,
+                        len(self._inflight),
+                        backoff,
+                    )
+                    self._drain_after_loss()
+                    self._stop.wait(backoff)
+                    backoff = min(self.settings.reconnect_max_seconds, backoff * 2)
+        finally:
+            self._ready.clear()
+            self.publisher.close()
+            log.info("consumer %s stopped", self.settings.queue_name)
+
+    def _session(self) -> None:
+        conn = pika.BlockingConnection(
+            connection_parameters(self.url, self.settings.heartbeat_seconds)
+        )
+        try:
+            channel = conn.channel()
+            topology.declare(channel, self.topology())
+            dl_channel = conn.channel()
+            dl_channel.confirm_delivery()
+            channel.basic_qos(prefetch_count=self.settings.prefetch)
+            tag = channel.basic_consume(
+                self.settings.queue_name,
+                lambda ch, method, props, body: self._on_delivery(method, props, body),
+                auto_ack=False,
+            )
+            log.info(
+                "consuming %s (topics %s, prefetch %d, delivery limit %d)",
+                self.settings.queue_name,
+                ", ".join(sorted(self._topics)),
+                self.settings.prefetch,
+                self.settings.delivery_limit,
+            )
+            self._conn = conn
+            self.connects += 1
+            self._ready.set()
+            self._loop(conn, channel, dl_channel, tag)
+        finally:
+            self._ready.clear()
+            self._conn = None
+            if conn.is_open:
+                try:
+                    conn.close()
+                except CONNECTION_LOST:
+                    pass
+
+    def _loop(
+        self, conn: BlockingConnection, channel: BlockingChannel, dl: BlockingChannel, tag: str
+    ) -> None:
+        cancelled = False
+        stop_deadline = 0.0
+        while True:
+            conn.process_data_events(time_limit=0.2)
+            self._finish_done(channel, dl)
+            if not self._stop.is_set():
+                continue
+            if not cancelled:
+                channel.basic_cancel(tag)
+                cancelled = True
+                stop_deadline = time.monotonic() + self.settings.shutdown_grace_seconds
+                if self._inflight:
+                    log.info(
+                        "stopping: waiting up to %.0fs for %d message(s) in hand",
+                        self.settings.shutdown_grace_seconds,
+                        len(self._inflight),
+                    )
+            if not self._inflight:
+                return
+            if time.monotonic() > stop_deadline:
+                log.warning(
+                    "stopping: %d message(s) still in hand after the grace period; "
+                    "leaving them unacked so the broker redelivers them",
+                    len(self._inflight),
+                )
+                self._inflight.clear()
+                return
+
+    # --- one delivery -----------------------------------------------------------------------
+
+    def _on_delivery(self, method: Basic.Deliver, props: BasicProperties, body: bytes) -> None:
+        headers = props.headers or {}
+        attempt = policy.attempt_number(headers.get("x-delivery-count"))
+        rk = method.routing_key or ""
+        tag = method.delivery_tag or 0
+        delivery = _Delivery(tag, rk, props, body, attempt, rk, log_ids(None, rk, props))
+        self._inflight[tag] = delivery
+        if self._stop.is_set():
+            # Arrived while cancelling: leave it for another consumer.
+            delivery.future = _resolved((policy.Outcome.TRANSIENT, "consumer stopping"))
+            delivery.attempt = 0
+            return
+        try:
+            msg = fm_message.get_message(rk, props, body)
+        except fm_exceptions.ValidationError as exc:
+            reason = _validation_text(exc)
+            log.error("%s rejected: %s", delivery.ids, reason)
+            delivery.future = _resolved((policy.Outcome.INVALID, reason))
+            return
+        delivery.ids = log_ids(msg, rk, props)
+        route = self._routes.get(type(msg))
+        if route is None:
+            reason = (
+                f"no handler in service {self.settings.service} for {type(msg).__name__} "
+                f"on {rk} (schema {headers.get('fedora_messaging_schema')!r})"
+            )
+            log.error("%s rejected: %s", delivery.ids, reason)
+            delivery.future = _resolved((policy.Outcome.INVALID, reason))
+            return
+        msg.queue = self.settings.queue_name
+        delivery.started = time.monotonic()
+        delivery.future = _in_thread(
+            f"{self.settings.service}-handler-{tag}", self._wake, self._handle, route, msg, delivery
+        )
+        self.metrics.in_flight.labels(self.settings.service).inc()
+
+    def _handle(
+        self, route: _Route, msg: fm_message.Message, d: _Delivery
+    ) -> tuple[policy.Outcome, str]:
+        key = route.key(msg) if route.key is not None else None
+        if key is not None and self.done is not None and key in self.done:
+            log.info("%s already done (key %s): acknowledging without work", d.ids, key)
+            return policy.Outcome.DUPLICATE, ""
+        log.info("%s handling (attempt %d): %s", d.ids, d.attempt, msg.summary)
+        try:
+            with self.metrics.handler_seconds.labels(self.settings.service, d.topic).time():
+                route.handler(msg)
+        except PermanentError as exc:
+            log.error("%s failed permanently: %s", d.ids, exc)
+            return policy.Outcome.PERMANENT, str(exc)
+        except TransientError as exc:
+            log.warning("%s failed (transient, attempt %d): %s", d.ids, d.attempt, exc)
+            self._backoff(d.attempt)
+            return policy.Outcome.TRANSIENT, str(exc)
+        except Exception as exc:
+            log.exception("%s handler crashed (attempt %d)", d.ids, d.attempt)
+            self._backoff(d.attempt)
+            return policy.Outcome.CRASHED, f"{type(exc).__name__}: {exc}"
+        if key is not None and self.done is not None:
+            self.done.add(key, d.topic)
+        return policy.Outcome.DONE, ""
+
+    def _wake(self) -> None:
+        """Called by a handler thread when it finishes: wake the I/O loop to ack at once."""
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            conn.add_callback_threadsafe(_noop)
+        except CONNECTION_LOST:
+            pass  # the loop is reconnecting; the outcome is dropped and the message redelivered
+        except RuntimeError:
+            pass  # connection closed meanwhile
+
+    def _backoff(self, attempt: int) -> None:
+        if attempt < self.settings.delivery_limit:
+            self._stop.wait(policy.retry_delay(self.settings.retry_delay_seconds, attempt))
+
+    def _finish_done(self, channel: BlockingChannel, dl: BlockingChannel) -> None:
+        for tag, d in list(self._inflight.items()):
+            if d.future is None or not d.future.done():
+                continue
+            del self._inflight[tag]
+            if d.started:
+                self.metrics.in_flight.labels(self.settings.service).dec()
+            outcome, error = d.future.result()
+            if d.attempt == 0:  # delivered while stopping
+                channel.basic_nack(tag, requeue=True)
+                continue
+            decision = policy.decide(outcome, error, d.attempt, self.settings.delivery_limit)
+            self._apply(channel, dl, d, outcome, decision)
+
+    def _apply(
+        self,
+        channel: BlockingChannel,
+        dl: BlockingChannel,
+        d: _Delivery,
+        outcome: policy.Outcome,
+        decision: policy.Decision,
+    ) -> None:
+        service, topic = self.settings.service, d.topic
+        if outcome not in (policy.Outcome.DONE, policy.Outcome.DUPLICATE, policy.Outcome.INVALID):
+            self.metrics.failed.labels(service, topic, outcome.value).inc()
+        if decision.verdict is policy.Verdict.ACK:
+            channel.basic_ack(d.tag)
+            self.metrics.consumed.labels(service, topic).inc()
+            if outcome is policy.Outcome.DUPLICATE:
+                self.metrics.duplicates.labels(service, topic).inc()
+            else:
+                log.info("%s done in %.2fs", d.ids, time.monotonic() - d.started)
+            return
+        if decision.verdict is policy.Verdict.REQUEUE:
+            log.warning("%s requeued: %s", d.ids, decision.reason)
+            channel.basic_nack(d.tag, requeue=True)
+            return
+        headers = dict(d.properties.headers or {})
+        headers.update(
+            {
+                REASON_HEADER: decision.reason[:4000],
+                QUEUE_HEADER: self.settings.queue_name,
+                ATTEMPTS_HEADER: d.attempt,
+                AT_HEADER: datetime.now(tz=UTC).isoformat(),
+            }
+        )
+        props = BasicProperties(
+            content_type=d.properties.content_type,
+            content_encoding=d.properties.content_encoding,
+            delivery_mode=2,
+            headers=headers,
+            message_id=d.properties.message_id,
+        )
+        try:
+            dl.basic_publish(self.settings.dead_letter_exchange, d.routing_key, d.body, props)
+        except pika.exceptions.NackError:
+            log.error("%s: the broker refused the dead-letter copy; requeueing instead", d.ids)
+            channel.basic_nack(d.tag, requeue=True)
+            return
+        channel.basic_ack(d.tag)
+        self.metrics.dead_lettered.labels(service, topic, outcome.value).inc()
+        log.error(
+            "%s dead-lettered to %s: %s", d.ids, self.settings.dead_letter_queue, decision.reason
+        )
+
+    def _drain_after_loss(self) -> None:
+        """The acks of messages in hand are gone with the connection: let their work finish
+        (its effects stay; the idempotency record skips the redelivery) and forget them."""
+        for d in list(self._inflight.values()):
+            if d.future is not None:
+                try:
+                    d.future.result()
+                except Exception:
+                    log.debug("in-flight handler failed during reconnect", exc_info=True)
+            if d.started:
+                self.metrics.in_flight.labels(self.settings.service).dec()
+        self._inflight.clear()
+
+
+def _noop() -> None:
+    return None
+
+
+def _in_thread(
+    name: str, wake: Callable[[], None], fn: Callable[..., tuple[policy.Outcome, str]], *args: Any
+) -> Future[tuple[policy.Outcome, str]]:
+    """Run ``fn`` on a daemon thread: a handler still busy after the shutdown grace period must
+    not keep the process alive (its message is redelivered elsewhere)."""
+    fut: Future[tuple[policy.Outcome, str]] = Future()
+
+    def target() -> None:
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:
+            fut.set_exception(exc)
+        wake()
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return fut
+
+
+def _resolved(value: tuple[policy.Outcome, str]) -> Future[tuple[policy.Outcome, str]]:
+    fut: Future[tuple[policy.Outcome, str]] = Future()
+    fut.set_result(value)
+    return fut
+
+
+def _validation_text(exc: fm_exceptions.ValidationError) -> str:
+    inner = exc.args[0] if exc.args else exc
+    text = getattr(inner, "message", None) or str(inner)
+    return str(text).splitlines()[0][:2000]

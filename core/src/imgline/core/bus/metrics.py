@@ -1,0 +1,65 @@
+"""Prometheus metrics of the bus, per service and topic, on a registry the caller owns."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+HANDLER_BUCKETS = (0.005, 0.05, 0.25, 1, 5, 30, 120, 600, 1800, 3600)
+
+
+class BusMetrics:
+    """Counters a dashboard needs to see a pipeline stage: what came in, failed, was given up."""
+
+    def __init__(self, service: str, registry: CollectorRegistry | None = None) -> None:
+        self.service = service
+        self.registry = registry if registry is not None else CollectorRegistry()
+        labels = ["service", "topic"]
+        self.consumed = Counter(
+            "imgline_messages_consumed",
+            "Deliveries handled to completion",
+            labels,
+            registry=self.registry,
+        )
+        self.failed = Counter(
+            "imgline_messages_failed",
+            "Handler failures (each attempt)",
+            [*labels, "kind"],
+            registry=self.registry,
+        )
+        self.dead_lettered = Counter(
+            "imgline_messages_dead_lettered",
+            "Messages given up and sent to the dead-letter queue",
+            [*labels, "outcome"],
+            registry=self.registry,
+        )
+        self.duplicates = Counter(
+            "imgline_messages_duplicate",
+            "Deliveries skipped because their work was already done",
+            labels,
+            registry=self.registry,
+        )
+        self.published = Counter(
+            "imgline_messages_published",
+            "Messages published and confirmed by the broker",
+            labels,
+            registry=self.registry,
+        )
+        self.handler_seconds = Histogram(
+            "imgline_handler_seconds",
+            "Time spent in the handler",
+            labels,
+            buckets=HANDLER_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "imgline_messages_in_flight",
+            "Deliveries being handled now",
+            ["service"],
+            registry=self.registry,
+        )
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> int:
+        """Expose ``/metrics`` over HTTP; returns the bound port (``0`` picks a free one)."""
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        bound: int = server.server_address[1]
+        return bound

@@ -1,0 +1,66 @@
+"""What to do with a delivery once its handler has finished: pure, so it is tested by table.
+
+The rule that stops poison-message loops lives here: a message is tried at most
+``delivery_limit`` times, and a message that can never succeed is dead-lettered at once.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Outcome(enum.Enum):
+    """How handling one delivery ended."""
+
+    DONE = "done"
+    DUPLICATE = "duplicate"  # already done before (idempotency record): nothing to do
+    INVALID = "invalid"  # failed schema validation or no handler for it
+    PERMANENT = "permanent"  # handler raised PermanentError
+    TRANSIENT = "transient"  # handler raised TransientError
+    CRASHED = "crashed"  # handler raised something unexpected
+
+
+class Verdict(enum.Enum):
+    ACK = "ack"
+    REQUEUE = "requeue"
+    DEAD_LETTER = "dead-letter"
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    reason: str = ""
+
+
+def attempt_number(delivery_count: object) -> int:
+    """1 for a first delivery; the quorum queue's ``x-delivery-count`` counts earlier ones."""
+    if (
+        isinstance(delivery_count, int)
+        and not isinstance(delivery_count, bool)
+        and delivery_count >= 0
+    ):
+        return delivery_count + 1
+    return 1
+
+
+def decide(outcome: Outcome, error: str, attempt: int, limit: int) -> Decision:
+    """Ack, requeue for another try, or dead-letter with a reason a person can act on."""
+    if outcome in (Outcome.DONE, Outcome.DUPLICATE):
+        return Decision(Verdict.ACK)
+    if outcome is Outcome.INVALID:
+        return Decision(Verdict.DEAD_LETTER, f"invalid message: {error}")
+    if outcome is Outcome.PERMANENT:
+        return Decision(Verdict.DEAD_LETTER, f"permanent failure: {error}")
+    if attempt >= limit:
+        return Decision(
+            Verdict.DEAD_LETTER, f"gave up after {attempt} attempts (limit {limit}): {error}"
+        )
+    return Decision(Verdict.REQUEUE, f"attempt {attempt} of {limit} failed: {error}")
+
+
+def retry_delay(base_seconds: float, attempt: int, cap_seconds: float = 60.0) -> float:
+    """Exponential back-off before a failed message goes back to the queue."""
+    if base_seconds <= 0:
+        return 0.0
+    return float(min(cap_seconds, base_seconds * 2 ** max(0, attempt - 1)))

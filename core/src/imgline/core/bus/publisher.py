@@ -1,0 +1,139 @@
+"""Publishing with broker confirms: ``publish`` returns only once the broker has the message.
+
+pika connections are not thread-safe, so each ``Publisher`` owns a connection and a lock; the
+consumer harness gives its handlers one of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import jsonschema
+import pika
+import pika.exceptions
+from fedora_messaging import message as fm_message
+from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
+
+from imgline.core.bus.metrics import BusMetrics
+from imgline.core.config import BusSettings
+from imgline.core.errors import BrokerError, PermanentError
+
+log = logging.getLogger(__name__)
+
+CONNECTION_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
+
+
+def connection_parameters(url: str, heartbeat: int) -> pika.URLParameters:
+    params = pika.URLParameters(url)
+    params.heartbeat = heartbeat
+    params.blocked_connection_timeout = 300
+    params.client_properties = {"connection_name": "imgline"}
+    return params
+
+
+class Publisher:
+    """Publishes validated messages to the pipeline exchange and waits for the confirm."""
+
+    def __init__(
+        self,
+        settings: BusSettings,
+        url: str,
+        metrics: BusMetrics | None = None,
+        attempts: int = 5,
+    ) -> None:
+        self.settings = settings
+        self.url = url
+        self.metrics = metrics
+        self.attempts = attempts
+        self._lock = threading.Lock()
+        self._conn: BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+
+    def _ensure(self) -> BlockingChannel:
+        if self._channel is not None and self._channel.is_open:
+            return self._channel
+        self._close()
+        self._conn = pika.BlockingConnection(
+            connection_parameters(self.url, self.settings.heartbeat_seconds)
+        )
+        channel = self._conn.channel()
+        channel.confirm_delivery()
+        channel.exchange_declare(self.settings.exchange, exchange_type="topic", durable=True)
+        self._channel = channel
+        return channel
+
+    def publish(self, msg: fm_message.Message, exchange: str | None = None) -> None:
+        """Validate ``msg`` and publish it; raises ``BrokerError`` if the broker never confirmed."""
+        try:
+            msg.validate()
+        except jsonschema.exceptions.ValidationError as exc:
+            raise PermanentError(
+                f"refusing to publish an invalid {msg.topic}: {exc.message}"
+            ) from exc
+        self.publish_raw(
+            exchange if exchange is not None else self.settings.exchange,
+            msg.topic,
+            msg._encoded_body,
+            msg._properties,
+        )
+        if self.metrics is not None:
+            self.metrics.published.labels(self.metrics.service, msg.topic).inc()
+
+    def publish_raw(
+        self, exchange: str, routing_key: str, body: bytes, properties: pika.BasicProperties
+    ) -> None:
+        """Publish bytes as they are (dead-lettering keeps the original body byte for byte)."""
+        last: Exception | None = None
+        with self._lock:
+            for attempt in range(1, self.attempts + 1):
+                try:
+                    channel = self._ensure()
+                    channel.basic_publish(exchange, routing_key, body, properties, mandatory=False)
+                    return
+                except pika.exceptions.NackError as exc:
+                    last = exc
+                except CONNECTION_ERRORS as exc:
+                    last = exc
+                    self._close()
+                log.warning(
+                    "publish of %s to %s failed (attempt %d of %d): %r",
+                    routing_key,
+                    exchange,
+                    attempt,
+                    self.attempts,
+                    last,
+                )
+                time.sleep(min(5.0, 0.25 * 2**attempt))
+        raise BrokerError(
+            f"could not publish {routing_key} to exchange {exchange} at {_safe(self.url)} "
+            f"after {self.attempts} attempts: {last!r}"
+        )
+
+    def _close(self) -> None:
+        conn, self._conn, self._channel = self._conn, None, None
+        if conn is not None and conn.is_open:
+            try:
+                conn.close()
+            except Exception:
+                log.debug("error closing publisher connection", exc_info=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for error messages."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

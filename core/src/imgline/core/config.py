@@ -1,0 +1,129 @@
+"""Settings: one TOML file per service plus ``IMGLINE_*`` environment overrides.
+
+Services subclass ``BusSettings`` with their own fields; ``load_settings`` validates the merged
+result and turns pydantic's errors into one ``ConfigError`` naming the file, key and reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from imgline.core.errors import ConfigError
+
+ENV_PREFIX = "IMGLINE_"
+CONFIG_ENV = "IMGLINE_CONFIG"
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$"
+
+
+class BusSettings(BaseModel):
+    """How a service reaches the broker and names its queues."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    service: str = Field(
+        pattern=_NAME, description="service name; the queue is <exchange>.<service>"
+    )
+    amqp_url: str | None = Field(
+        default=None, description="amqp://user:pass@host:port/vhost; unset: start a private node"
+    )
+    exchange: str = Field(default="imgline", pattern=_NAME)
+    topic_prefix: str = Field(default="imgline", pattern=_NAME)
+    queue: str | None = Field(
+        default=None, pattern=_NAME, description="default <exchange>.<service>"
+    )
+    dead_letter_exchange: str = Field(default="imgline.dlx", pattern=_NAME)
+    dead_letter_queue: str = Field(default="imgline.dead-letter", pattern=_NAME)
+    delivery_limit: int = Field(default=5, ge=1, le=1000, description="attempts before dead-letter")
+    retry_delay_seconds: float = Field(default=1.0, ge=0, le=3600)
+    prefetch: int = Field(default=1, ge=1, le=1000)
+    heartbeat_seconds: int = Field(default=60, ge=1, le=3600)
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    reconnect_max_seconds: float = Field(default=30.0, gt=0)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    state_dir: Path | None = Field(default=None, description="where idempotency records live")
+    consumer_config: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must start with amqp:// or amqps://")
+        return value
+
+    @property
+    def queue_name(self) -> str:
+        """This service's durable queue, shared by all its instances."""
+        return self.queue or f"{self.exchange}.{self.service}"
+
+    def routing_key(self, topic: str) -> str:
+        """``<prefix>.<topic>`` as messages are published."""
+        return f"{self.topic_prefix}.{topic}"
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def _from_env(model: type[BaseModel], env: Mapping[str, str]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is None:
+            continue
+        origin = getattr(field.annotation, "__origin__", None)
+        if field.annotation is dict or origin is dict:
+            try:
+                found[name] = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(
+                    f"{ENV_PREFIX}{name.upper()} must be a JSON object: {exc}"
+                ) from exc
+        else:
+            found[name] = raw
+    return found
+
+
+def load_settings(
+    model: type[S],
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    **defaults: Any,
+) -> S:
+    """Read ``path`` (or ``$IMGLINE_CONFIG``), overlay ``IMGLINE_<KEY>`` variables, validate.
+
+    ``defaults`` are used where neither the file nor the environment sets a key (wiring code
+    passes e.g. ``service="builder"``).
+    """
+    env = os.environ if env is None else env
+    if path is None and env.get(CONFIG_ENV):
+        path = Path(env[CONFIG_ENV])
+    data: dict[str, Any] = dict(defaults)
+    source = "defaults"
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                data.update(tomllib.load(fh))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        source = str(path)
+    overrides = _from_env(model, env)
+    data.update(overrides)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            key = ".".join(str(x) for x in err["loc"])
+            top = str(err["loc"][0]) if err["loc"] else ""
+            origin = f"{ENV_PREFIX}{top.upper()}" if top in overrides else source
+            problems.append(f"{key} ({origin}): {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from exc

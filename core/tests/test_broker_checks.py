@@ -1,0 +1,37 @@
+"""The private broker refuses clearly where it cannot work, before starting anything."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from imgline.core import broker
+from imgline.core.errors import BrokerError
+
+pytestmark = pytest.mark.unit
+
+
+def test_missing_rabbitmq_server_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(BrokerError, match="apt-get install rabbitmq-server"):
+        broker.PrivateBroker(base_dir=tmp_path / "b").start()
+
+
+def test_unreachable_directory_is_named(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    target = locked / "node"
+    target.mkdir()
+    with pytest.raises(BrokerError, match=r"cannot enter .*locked"):
+        broker._check_reachable(target, uid=os.geteuid() + 12345)
+
+
+def test_free_ports_differ() -> None:
+    assert broker.free_port() != 0
+    b = broker.PrivateBroker(base_dir=Path("/nonexistent-not-started"))
+    assert b.port != b.dist_port
+    assert b.url == f"amqp://guest:guest@127.0.0.1:{b.port}/%2F"

@@ -1,0 +1,47 @@
+"""The ack / requeue / dead-letter decision, table-driven."""
+
+from __future__ import annotations
+
+import pytest
+
+from imgline.core.bus.policy import Outcome, Verdict, attempt_number, decide, retry_delay
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("outcome", "attempt", "limit", "verdict", "reason"),
+    [
+        (Outcome.DONE, 1, 5, Verdict.ACK, ""),
+        (Outcome.DONE, 5, 5, Verdict.ACK, ""),
+        (Outcome.DUPLICATE, 2, 5, Verdict.ACK, ""),
+        (Outcome.INVALID, 1, 5, Verdict.DEAD_LETTER, "invalid message: boom"),
+        (Outcome.PERMANENT, 1, 5, Verdict.DEAD_LETTER, "permanent failure: boom"),
+        (Outcome.TRANSIENT, 1, 5, Verdict.REQUEUE, "attempt 1 of 5 failed: boom"),
+        (Outcome.CRASHED, 4, 5, Verdict.REQUEUE, "attempt 4 of 5 failed: boom"),
+        (Outcome.CRASHED, 5, 5, Verdict.DEAD_LETTER, "gave up after 5 attempts (limit 5): boom"),
+        (Outcome.TRANSIENT, 9, 5, Verdict.DEAD_LETTER, "gave up after 9 attempts (limit 5): boom"),
+        (Outcome.TRANSIENT, 1, 1, Verdict.DEAD_LETTER, "gave up after 1 attempts (limit 1): boom"),
+    ],
+)
+def test_decide(outcome: Outcome, attempt: int, limit: int, verdict: Verdict, reason: str) -> None:
+    decision = decide(outcome, "boom", attempt, limit)
+    assert (decision.verdict, decision.reason) == (verdict, reason)
+
+
+@pytest.mark.parametrize(
+    ("header", "attempt"),
+    [(None, 1), (0, 1), (1, 2), (4, 5), (-1, 1), ("3", 1), (True, 1), (2.5, 1)],
+)
+def test_attempt_number_trusts_only_a_sane_delivery_count(header: object, attempt: int) -> None:
+    assert attempt_number(header) == attempt
+
+
+@pytest.mark.parametrize(
+    ("base", "attempt", "delay"),
+    [(0, 3, 0.0), (1.0, 1, 1.0), (1.0, 2, 2.0), (1.0, 4, 8.0), (1.0, 30, 60.0), (0.5, 3, 2.0)],
+)
+def test_retry_delay_backs_off_exponentially_with_a_cap(
+    base: float, attempt: int, delay: float
+) -> None:
+    assert retry_delay(base, attempt) == delay
