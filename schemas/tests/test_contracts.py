@@ -9,6 +9,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from fedora_messaging import exceptions as fm_exceptions
 from fedora_messaging import message as fm_message
@@ -49,6 +50,7 @@ def test_registered_entry_point_validates_its_golden_example(name: str) -> None:
     assert issubclass(cls, m.ImglineMessage)
     msg = cls(body=example(cls), topic=f"imgline.{cls.topic_suffix}")
     msg.validate()
+    fm_message.Message.validate(msg)  # fedora-messaging's own check, with the exported schema
     assert msg.payload.schema_version == "1.0"
     assert msg.summary and msg.summary != msg.topic
     assert msg.summary in str(msg)
@@ -178,3 +180,20 @@ def test_exported_json_schemas_are_current() -> None:
         f"schemas/json is stale ({stale}, extra {extra}): "
         "run 'uv run python -m imgline.schemas.export schemas/json'"
     )
+
+
+def test_wire_schema_accepts_a_newer_minor_version_for_non_python_consumers() -> None:
+    body = example(m.ImageBuiltV1)
+    body.update(schema_version="1.4", shard=2)
+    body["artifact"]["zchunk"] = True
+    jsonschema.validate(body, m.ImageBuiltV1.body_schema)
+    body["artifact"]["size"] = "big"
+    with pytest.raises(jsonschema.exceptions.ValidationError, match="'big' is not of type"):
+        jsonschema.validate(body, m.ImageBuiltV1.body_schema)
+
+
+def test_bad_headers_are_named() -> None:
+    msg = m.HostUpgradedV1(body=example(m.HostUpgradedV1), topic="imgline.host.upgraded")
+    msg._headers["fedora_messaging_severity"] = "loud"
+    with pytest.raises(jsonschema.exceptions.ValidationError, match="fedora_messaging_severity"):
+        msg.validate()

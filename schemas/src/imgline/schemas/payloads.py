@@ -236,27 +236,37 @@ class BuildRequested(Payload):
     @model_validator(mode="before")
     @classmethod
     def _fill_build_id(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
+        if isinstance(data, dict) and not data.get("build_id"):
+            try:
+                return {**data, "build_id": cls.model_construct_id(data)}
+            except (TypeError, ValueError):
+                return data  # field validation reports what is wrong with the request
+        return data
+
+    @model_validator(mode="after")
+    def _check_build_id(self) -> BuildRequested:
+        expected = canonical_build_id(self.identity(self.model_dump(mode="json")))
+        if self.build_id != expected:
+            raise ValueError(
+                f"build_id {self.build_id!r} does not match the request's content "
+                f"(expected {expected}); leave build_id out and it is computed"
+            )
+        return self
+
+    @classmethod
+    def model_construct_id(cls, data: dict[str, Any]) -> str:
+        """The build_id of raw request fields, applying the same defaults as the model."""
         source = data.get("source")
         if isinstance(source, BaseModel):
             source = source.model_dump(mode="json")
+        elif isinstance(source, dict):
+            kind = source.get("kind", "git")
+            model = GitSource if kind == "git" else InlineSource
+            source = model.model_validate(source).model_dump(mode="json")
         ident = cls.identity({**data, "source": source})
-        ident.setdefault("stream", "main")
-        if ident["stream"] is None:
-            ident["stream"] = "main"
-        if ident["backend"] is None:
-            ident["backend"] = "mmdebstrap"
-        expected = canonical_build_id(ident)
-        given = data.get("build_id")
-        if given is None:
-            return {**data, "build_id": expected}
-        if given != expected:
-            raise ValueError(
-                f"build_id {given!r} does not match the request's content (expected {expected}); "
-                "leave build_id out and it is computed"
-            )
-        return data
+        ident["stream"] = ident["stream"] or "main"
+        ident["backend"] = ident["backend"] or "mmdebstrap"
+        return canonical_build_id(ident)
 
 
 class BuildFailed(Payload):

@@ -432,5 +432,7 @@ def _resolved(value: tuple[policy.Outcome, str]) -> Future[tuple[policy.Outcome,
 
 def _validation_text(exc: fm_exceptions.ValidationError) -> str:
     inner = exc.args[0] if exc.args else exc
+    if isinstance(inner, ValueError | UnicodeDecodeError) and not hasattr(inner, "message"):
+        return f"body is not a JSON document: {inner}"[:2000]
     text = getattr(inner, "message", None) or str(inner)
     return str(text).splitlines()[0][:2000]

@@ -10,6 +10,17 @@ import sqlite3
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+
+def by_build_id(msg: Any) -> str | None:
+    """Idempotency key for ``Consumer.on(..., key=by_build_id)``: topic and build_id.
+
+    A service consuming several topics about one build does each once; a message without a
+    build_id (host reports) has no key and is always handled.
+    """
+    build_id = msg.body.get("build_id") if isinstance(msg.body, dict) else None
+    return f"{msg.topic}:{build_id}" if build_id else None
 
 
 class DoneStore:

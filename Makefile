@@ -1,0 +1,44 @@
+# The two front-door commands are `make demo` and `make test`; each installs what is missing.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON_PREFERENCE := only-system
+PYTEST_ARGS ?=
+
+.PHONY: deps sync lint test unit broker demo bench schemas definitions clean
+
+deps:
+	@scripts/ensure-deps.sh
+
+sync: deps
+	@$(UV) sync --frozen --quiet
+
+lint: sync
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+	$(UV) run --frozen mypy schemas/src core/src services/*/src
+
+# Every tier (unit, broker, image, vm) runs; none is skipped.
+test: lint
+	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+unit: sync
+	$(UV) run --frozen pytest -m unit $(PYTEST_ARGS)
+
+broker: sync
+	$(UV) run --frozen pytest -m broker $(PYTEST_ARGS)
+
+demo: sync
+	$(UV) run --frozen imgline demo
+
+bench: sync
+	$(UV) run --frozen python bench/bus.py
+
+# Regenerate committed artefacts derived from code (tests fail when they are stale).
+schemas: sync
+	$(UV) run --frozen python -m imgline.schemas.export schemas/json
+definitions: sync
+	$(UV) run --frozen imgline definitions -o deploy/rabbitmq/definitions.json
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
