@@ -29,10 +29,11 @@ broker: sync
 	$(UV) run --frozen pytest -m broker $(PYTEST_ARGS)
 
 demo: sync
-	$(UV) run --frozen imgline demo
+	$(UV) run --frozen python examples/demo.py
 
 bench: sync
 	$(UV) run --frozen python bench/bus.py
+	$(UV) run --frozen python bench/assemble.py
 
 # Regenerate committed artefacts derived from code (tests fail when they are stale).
 schemas: sync

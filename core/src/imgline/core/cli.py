@@ -33,12 +33,6 @@ def _definitions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(_args: argparse.Namespace) -> int:
-    from imgline.core import demo  # noqa: PLC0415 - only the demo needs it
-
-    return demo.run()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="imgline", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -49,9 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("definitions", help="print the RabbitMQ definitions of the pipeline")
     d.add_argument("-o", "--output", help="write to this file instead of stdout")
     d.set_defaults(func=_definitions)
-    sub.add_parser("demo", help="round-trip a message through a private broker").set_defaults(
-        func=_demo
-    )
     args = parser.parse_args(argv)
     logs.configure(args.log_level)
     try:

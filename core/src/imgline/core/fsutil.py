@@ -1,0 +1,52 @@
+"""File-system helpers with the safety a build host needs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from imgline.core.errors import ImglineError
+
+log = logging.getLogger(__name__)
+
+
+def mounts_below(path: Path) -> list[Path]:
+    """Mount points at or under ``path`` (deepest first), from /proc/self/mountinfo."""
+    root = path.resolve()
+    found = []
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        point = Path(fields[4].encode().decode("unicode_escape"))
+        if point == root or point.is_relative_to(root):
+            found.append(point)
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def remove_tree(path: Path) -> None:
+    """``rm -rf`` that first unmounts anything mounted inside (a build chroot killed mid-way
+    leaves /proc or /dev mounted there; deleting through them would damage the host)."""
+    if not path.exists():
+        return
+    for point in mounts_below(path):
+        log.warning("unmounting %s left behind under %s", point, path)
+        subprocess.run(["umount", "--lazy", str(point)], check=False)  # noqa: S603, S607
+    left = mounts_below(path)
+    if left:
+        raise ImglineError(f"refusing to delete {path}: still mounted: {', '.join(map(str, left))}")
+    shutil.rmtree(path)
+
+
+def ensure_dir(path: Path, mode: int = 0o755) -> Path:
+    """Create ``path`` (and parents) if missing; return it."""
+    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    os.chmod(path, mode)
+    return path

@@ -1,0 +1,671 @@
+"""The liveimg format: ``squashfs.img`` containing ``LiveOS/rootfs.img``, an ext4 of the root.
+
+This is what anaconda's ``liveimg`` kickstart command and dracut's dmsquash-live understand
+(DESIGN.md section 4). The ext4 is made by ``mke2fs -d`` straight from the root tree, which needs
+neither a loop mount nor device-mapper, so assembly works in an unprivileged container as well as
+on a builder host; the squashfs only compresses that one (sparse) file.
+
+Command lines are built by pure functions so tests can pin them; running them goes through
+:func:`imgline.core.runner.run`, which logs and checks every command. The read-back helpers use
+``unsquashfs`` and ``debugfs`` so a tester can inspect an image without root or mounts.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from pydantic import BaseModel, ConfigDict
+
+from imgline.core.errors import ImglineError
+from imgline.core.runner import CommandError, require, run
+
+log = logging.getLogger(__name__)
+
+MIB = 1 << 20
+IMAGE_JSON = Path("usr/lib/imgline/image.json")
+FACTORY_ETC = Path("usr/share/factory/etc")
+ROOTFS_IN_SQUASHFS = "LiveOS/rootfs.img"
+DEFAULT_LABEL = "imgline-root"
+COMPRESSIONS = ("zstd", "xz", "gzip", "lz4", "lzo")
+
+# Pinned instead of left to /etc/mke2fs.conf: Debian's "small" type (< 512 MiB) would pick
+# 1 KiB blocks and a different inode ratio, so the same kickstart would give a different
+# filesystem on another builder, and check_fits could not predict what fits.
+BLOCK_SIZE = 4096
+INODE_SIZE = 256
+BYTES_PER_INODE = 16384
+FIRST_INODE = 11  # inodes 1-10 are reserved by ext4, 11 is lost+found
+MAX_LABEL = 16
+
+# Size estimate for check_fits (see there): measured against mke2fs 1.47.0.
+DATA_MARGIN = 0.05  # directories, extent blocks, xattr blocks
+SLACK_PER_INODE = BLOCK_SIZE // 2  # on average half of every file's last block is unused
+FIXED_OVERHEAD = 4 * MIB  # superblock, lost+found, first group's bitmaps
+METADATA_FRACTION = 0.003  # group bitmaps, descriptors, backup superblocks, resize reserve
+
+_FILE_NOT_FOUND = "File not found by ext2_lookup"
+_DEBUGFS_ENV = {"DEBUGFS_PAGER": "__none__"}
+
+
+class LiveImgError(ImglineError):
+    """The root tree cannot be turned into a liveimg, or an image cannot be read back: the
+    message says which (a --size too small, a missing /etc, a path not in the image) and what
+    to change."""
+
+
+class InodeInfo(BaseModel):
+    """What ``debugfs stat`` says about one path inside an ext4 image."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: str  # "regular", "directory", "symlink", "FIFO", ... as debugfs names them
+    mode: int  # permission bits including setuid/setgid/sticky, without the type
+    uid: int
+    gid: int
+    size: int
+    link_target: str | None = None
+
+
+class TreeStats(BaseModel):
+    """Apparent size of a root tree's regular files and how many inodes it will need."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    size_bytes: int
+    inodes: int
+
+
+# --- preparing the tree ---------------------------------------------------------------------
+
+
+def prepare_tree(root: Path, meta: dict[str, Any]) -> None:
+    """Add what imgline itself needs in every image, right before it is frozen.
+
+    ``image.json`` lets a booted host say which image it runs; the factory copy of ``/etc`` is
+    the "base" of the updater's three-way /etc merge, so it must be an exact copy (modes,
+    ownership, links, xattrs). Re-running replaces both, so the call is idempotent.
+    """
+    if not root.is_dir():
+        raise LiveImgError(f"root tree {root} is not a directory")
+    etc = root / "etc"
+    if etc.is_symlink() or not etc.is_dir():
+        raise LiveImgError(
+            f"{etc} is missing or not a directory: an image needs /etc "
+            "(it is copied to /usr/share/factory/etc for the updater)"
+        )
+    try:
+        text = json.dumps(meta, sort_keys=True, indent=2) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise LiveImgError(f"image metadata cannot be written as JSON: {exc}") from exc
+
+    image_json = _inside(root, IMAGE_JSON)
+    _make_dirs(root, IMAGE_JSON.parent)
+    tmp = image_json.with_name(f".{image_json.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.chmod(0o644)
+    os.replace(tmp, image_json)
+
+    factory = _inside(root, FACTORY_ETC)
+    _make_dirs(root, FACTORY_ETC.parent)
+    if factory.is_symlink() or factory.is_file():
+        factory.unlink()
+    elif factory.exists():
+        shutil.rmtree(factory)
+    _copy_tree(etc, factory)
+
+
+def _inside(root: Path, rel: Path) -> Path:
+    """``root/rel``, refusing when a component is a symlink.
+
+    The tree is a foreign root: an absolute symlink such as ``usr/lib -> /usr/lib`` would make
+    us write into the builder host itself.
+    """
+    path = root
+    for part in rel.parts:
+        path = path / part
+        if path.is_symlink():
+            raise LiveImgError(
+                f"{path} is a symlink in the root tree: imgline writes {rel} and will not "
+                "follow links out of the tree; make it a real directory"
+            )
+    return path
+
+
+def _make_dirs(root: Path, rel: Path) -> None:
+    path = root
+    for part in rel.parts:
+        path = path / part
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise LiveImgError(f"{path} must be a directory in the root tree")
+        if not path.exists():
+            path.mkdir()
+            path.chmod(0o755)  # not whatever the builder's umask says
+
+
+def _copy_xattrs(src: Path, dst: Path) -> None:
+    """Copy extended attributes (ACLs, file capabilities, SELinux labels) where allowed.
+
+    A host that does not support or permit one attribute must not fail the whole image; the
+    same errors are tolerated as by ``shutil.copystat``.
+    """
+    try:
+        names = os.listxattr(src, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.ENODATA, errno.EINVAL):
+            return
+        raise
+    for name in names:
+        try:
+            value = os.getxattr(src, name, follow_symlinks=False)
+            os.setxattr(dst, name, value, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.ENODATA, errno.EINVAL):
+                raise
+            log.debug("xattr %s of %s not copied: %s", name, src, exc.strerror)
+
+
+def _copy_meta(src: Path, dst: Path, st: os.stat_result) -> None:
+    """Owner, then mode, then xattrs, then times: chown clears setuid bits and file
+    capabilities, and every change but utime bumps the times."""
+    try:
+        os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+    except PermissionError:
+        if os.geteuid() == 0:
+            raise
+        # Unprivileged (tests, dry runs): the files are ours, ownership cannot be kept.
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(dst, stat.S_IMODE(st.st_mode))
+    _copy_xattrs(src, dst)
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _copy_node(src: Path, dst: Path, st: os.stat_result) -> None:
+    """Recreate one non-directory entry with its metadata."""
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(src), dst)
+    elif stat.S_ISREG(st.st_mode):
+        shutil.copyfile(src, dst, follow_symlinks=False)
+    else:  # FIFO, character or block device
+        os.mknod(dst, st.st_mode, st.st_rdev)
+    _copy_meta(src, dst, st)
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    """Copy a directory like ``cp -a``: symlinks as links, hardlinks kept, devices and FIFOs
+    recreated, everything's owner/mode/xattrs/times preserved. Sockets are skipped (they are
+    meaningless outside a running system).
+
+    In phases: create the directories, copy the other entries, add hardlinks, then set the
+    directories' metadata children-first, so that no later write bumps a parent's mtime or
+    runs into a directory already made read-only. (Copying on threads was tried: no gain, the
+    time goes to the kernel creating inodes.)
+    """
+    dirs: list[tuple[Path, Path, os.stat_result]] = []
+    nodes: list[tuple[Path, Path, os.stat_result]] = []
+    hardlinks: list[tuple[Path, Path]] = []
+    first_link: dict[tuple[int, int], Path] = {}
+    stack = [(src, dst, src.stat())]
+    while stack:
+        s, d, st = stack.pop()
+        dirs.append((s, d, st))
+        d.mkdir()
+        with os.scandir(s) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            es, ed, est = Path(entry.path), d / entry.name, entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(est.st_mode):
+                stack.append((es, ed, est))
+            elif stat.S_ISSOCK(est.st_mode):
+                log.debug("skipping socket %s", es)
+            elif est.st_nlink > 1 and not stat.S_ISLNK(est.st_mode):
+                key = (est.st_dev, est.st_ino)
+                if key in first_link:
+                    hardlinks.append((first_link[key], ed))
+                else:
+                    first_link[key] = ed
+                    nodes.append((es, ed, est))
+            else:
+                nodes.append((es, ed, est))
+    for node in nodes:
+        _copy_node(*node)
+    for existing, new in hardlinks:
+        os.link(existing, new)
+    for s, d, st in reversed(dirs):  # pre-order reversed: every child before its parent
+        _copy_meta(s, d, st)
+
+
+# --- sizing ---------------------------------------------------------------------------------
+
+
+def _walk(root: Path) -> Iterator[os.stat_result]:
+    """lstat of ``root`` and everything below it, without following symlinks."""
+    yield root.lstat()
+    stack = [root]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                yield entry.stat(follow_symlinks=False)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+
+
+def tree_stats(root: Path) -> TreeStats:
+    """Apparent bytes of regular files and the number of inodes, hardlinks counted once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for st in _walk(root):
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            continue
+        seen.add(key)
+        if stat.S_ISREG(st.st_mode):
+            total += st.st_size
+    return TreeStats(size_bytes=total, inodes=len(seen))
+
+
+def tree_size_bytes(root: Path) -> int:
+    """Apparent size of the regular files under ``root`` (symlinks not followed, hardlinks
+    counted once): what the ext4 has to hold, before filesystem overhead."""
+    return tree_stats(root).size_bytes
+
+
+def _journal_bytes(size_bytes: int) -> int:
+    """The journal mke2fs creates by default (ext2fs_default_journal_size, e2fsprogs 1.47)."""
+    blocks = size_bytes // BLOCK_SIZE
+    table = (
+        (2048, 0),
+        (32768, 1024),
+        (256 * 1024, 4096),
+        (512 * 1024, 8192),
+        (4096 * 1024, 16384),
+        (8192 * 1024, 32768),
+        (16384 * 1024, 65536),
+        (32768 * 1024, 131072),
+    )
+    for limit, journal_blocks in table:
+        if blocks < limit:
+            return journal_blocks * BLOCK_SIZE
+    return 262144 * BLOCK_SIZE
+
+
+def usable_bytes(size_mib: int) -> int:
+    """Estimated room for file data in an ext4 of ``size_mib`` made by :func:`ext4_command`.
+
+    Inode tables (a fixed 1/64 of the device at 16 KiB per 256-byte inode), the journal and
+    group metadata are taken off. Root-reserved blocks are not: ``mke2fs -d`` fills them.
+    """
+    size = size_mib * MIB
+    inode_tables = size // BYTES_PER_INODE * INODE_SIZE
+    metadata = FIXED_OVERHEAD + int(size * METADATA_FRACTION)
+    return size - inode_tables - _journal_bytes(size) - metadata
+
+
+def inode_capacity(size_mib: int) -> int:
+    """Inodes available for files in an ext4 of ``size_mib`` made by :func:`ext4_command`."""
+    return size_mib * MIB // BYTES_PER_INODE - FIRST_INODE
+
+
+def needed_bytes(tree_bytes: int, inode_count: int) -> int:
+    """Estimated room a tree takes in ext4: data, half a block of slack per inode, 5 %."""
+    return math.ceil((tree_bytes + inode_count * SLACK_PER_INODE) * (1 + DATA_MARGIN))
+
+
+def min_size_mib(tree_bytes: int, inode_count: int) -> int:
+    """Smallest ``part / --size`` that :func:`check_fits` accepts for this tree."""
+    need = needed_bytes(tree_bytes, inode_count)
+    size = max(1, need // MIB, math.ceil((inode_count + FIRST_INODE) * BYTES_PER_INODE / MIB))
+    # Linear on purpose: usable_bytes() dips where the journal size steps up, so it is not
+    # monotonic and a bisection could stop in a dip. The gap is a few percent of the size.
+    while usable_bytes(size) < need or inode_capacity(size) < inode_count:
+        size += 1
+    return size
+
+
+def check_fits(tree_bytes: int, inode_count: int, size_mib: int) -> None:
+    """Refuse early, with the size to ask for, when the tree will not fit in ``size_mib``.
+
+    Without this mke2fs fails after minutes with "Could not allocate block", which does not
+    say by how much. The estimate errs on the large side by a few percent.
+    """
+    if size_mib <= 0:
+        raise LiveImgError(f"part / --size must be a positive number of MiB, not {size_mib}")
+    need = needed_bytes(tree_bytes, inode_count)
+    if usable_bytes(size_mib) < need:
+        raise LiveImgError(
+            f"the root tree needs about {min_size_mib(tree_bytes, inode_count)} MiB but "
+            f"part / --size is {size_mib} MiB: raise --size"
+        )
+    if inode_capacity(size_mib) < inode_count:
+        raise LiveImgError(
+            f"the root tree has {inode_count} files and directories but an ext4 of {size_mib} "
+            f"MiB holds only {max(inode_capacity(size_mib), 0)}: the root tree needs about "
+            f"{min_size_mib(tree_bytes, inode_count)} MiB, raise --size"
+        )
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def ext4_command(
+    root: Path,
+    image: Path,
+    *,
+    label: str = DEFAULT_LABEL,
+    size_mib: int,
+    extra_options: Sequence[str] = (),
+) -> list[str]:
+    """argv of the mke2fs run that turns ``root`` into an ext4 image of ``size_mib`` MiB.
+
+    ``extra_options`` go before the device (e.g. ``-U <uuid> -E hash_seed=<uuid>`` for a fixed
+    UUID). Block size, inode size and ratio are pinned (see ``BLOCK_SIZE``).
+    """
+    if not label or len(label.encode()) > MAX_LABEL:
+        raise LiveImgError(f"ext4 label {label!r} must be 1-{MAX_LABEL} bytes")
+    if size_mib <= 0:
+        raise LiveImgError(f"ext4 size must be a positive number of MiB, not {size_mib}")
+    return [
+        "mke2fs",
+        "-t",
+        "ext4",
+        "-F",
+        "-q",
+        "-L",
+        label,
+        "-b",
+        str(BLOCK_SIZE),
+        "-I",
+        str(INODE_SIZE),
+        "-i",
+        str(BYTES_PER_INODE),
+        "-d",
+        str(root),
+        *extra_options,
+        str(image),
+        f"{size_mib}M",
+    ]
+
+
+def squashfs_command(stage_dir: Path, out: Path, compression: str) -> list[str]:
+    """argv of the mksquashfs run that packs ``stage_dir`` (holding LiveOS/) into ``out``."""
+    if compression not in COMPRESSIONS:
+        raise LiveImgError(
+            f"squashfs compression {compression!r} is not supported: use one of "
+            f"{', '.join(COMPRESSIONS)}"
+        )
+    return [
+        "mksquashfs",
+        str(stage_dir),
+        str(out),
+        "-noappend",
+        "-comp",
+        compression,
+        "-no-progress",
+    ]
+
+
+def _root_fixup_requests(root: Path) -> list[str]:
+    """debugfs requests giving the image's / the owner and mode of the tree's root.
+
+    mke2fs 1.47 ``-d`` copies every inode's metadata except the root directory's, which it
+    leaves at 0755 root:root (Fedora's / is 0555).
+    """
+    st = root.stat()
+    mode = stat.S_IMODE(st.st_mode)
+    if (mode, st.st_uid, st.st_gid) == (0o755, 0, 0):
+        return []
+    return [
+        f"set_inode_field / mode 0{stat.S_IFDIR | mode:o}",
+        f"set_inode_field / uid {st.st_uid}",
+        f"set_inode_field / gid {st.st_gid}",
+    ]
+
+
+def make_ext4(
+    root: Path,
+    image: Path,
+    size_mib: int,
+    label: str = DEFAULT_LABEL,
+    log_file: IO[str] | None = None,
+    *,
+    extra_options: Sequence[str] = (),
+) -> Path:
+    """Create ``image`` as a sparse ext4 of ``size_mib`` MiB holding the tree at ``root``."""
+    argv = ext4_command(root, image, label=label, size_mib=size_mib, extra_options=extra_options)
+    require("mke2fs", "install e2fsprogs")
+    with image.open("wb") as f:  # sparse: only what mke2fs writes takes disk space
+        f.truncate(size_mib * MIB)
+    try:
+        run(argv, log_file)
+    except CommandError as exc:
+        image.unlink(missing_ok=True)
+        if "Could not allocate" in exc.tail:
+            raise LiveImgError(
+                f"the root tree does not fit in part / --size {size_mib} MiB "
+                f"(mke2fs ran out of space or inodes): raise --size\n{exc.tail}"
+            ) from exc
+        raise
+    fixups = _root_fixup_requests(root)
+    if fixups:
+        out = _debugfs(image, fixups, log_file, write=True)
+        problems = [c.strip() for c in _request_outputs(out) if c.strip()]
+        if problems:
+            image.unlink(missing_ok=True)
+            raise LiveImgError(
+                f"could not give / in {image} the owner and mode of {root}: {problems}"
+            )
+    return image
+
+
+def make_squashfs(
+    ext4_image: Path,
+    out: Path,
+    compression: str = "zstd",
+    log_file: IO[str] | None = None,
+) -> Path:
+    """Pack ``ext4_image`` as ``LiveOS/rootfs.img`` into the squashfs ``out``.
+
+    The stage is a hardlink next to the image (no copy of GBs); ``out`` appears atomically,
+    so a crash never leaves a truncated squashfs under the final name.
+    """
+    stage = Path(tempfile.mkdtemp(prefix="squashfs-stage-", dir=ext4_image.parent))
+    tmp_out = out.with_name(f".{out.name}.tmp")
+    try:
+        argv = squashfs_command(stage, tmp_out, compression)
+        require("mksquashfs", "install squashfs-tools")
+        stage.chmod(0o755)  # the squashfs root gets this mode, not mkdtemp's 0700
+        (stage / "LiveOS").mkdir(mode=0o755)
+        rootfs = stage / ROOTFS_IN_SQUASHFS
+        try:
+            os.link(ext4_image, rootfs)
+        except OSError:  # a filesystem without hardlinks: borrow the file, return it below
+            os.rename(ext4_image, rootfs)
+        try:
+            run(argv, log_file)
+        finally:
+            if not ext4_image.exists():
+                os.rename(rootfs, ext4_image)
+        os.replace(tmp_out, out)
+    finally:
+        tmp_out.unlink(missing_ok=True)
+        shutil.rmtree(stage, ignore_errors=True)
+    return out
+
+
+def assemble(
+    root: Path,
+    out: Path,
+    *,
+    size_mib: int,
+    meta: dict[str, Any],
+    compression: str = "zstd",
+    workdir: Path,
+    log_file: IO[str] | None = None,
+) -> Path:
+    """Turn the root tree into the liveimg ``out``: prepare, size-check, ext4, squashfs.
+
+    The intermediate ext4 (sparse, up to ``size_mib``) lives in a private directory under
+    ``workdir`` and is removed afterwards, whatever happens.
+    """
+    squashfs_command(Path("stage"), out, compression)  # fail on a bad option before any work
+    prepare_tree(root, meta)
+    stats = tree_stats(root)
+    check_fits(stats.size_bytes, stats.inodes, size_mib)
+    log.info(
+        "assembling %s from %s: %d MiB of files, %d inodes, part / %d MiB, %s",
+        out,
+        root,
+        stats.size_bytes // MIB,
+        stats.inodes,
+        size_mib,
+        compression,
+    )
+    private = Path(tempfile.mkdtemp(prefix="liveimg-", dir=workdir))
+    try:
+        image = make_ext4(root, private / "rootfs.img", size_mib, log_file=log_file)
+        make_squashfs(image, out, compression, log_file)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    return out
+
+
+# --- reading back ---------------------------------------------------------------------------
+
+
+def extract_rootfs(squashfs: Path, dest: Path, log_file: IO[str] | None = None) -> Path:
+    """Extract ``LiveOS/rootfs.img`` from a liveimg into directory ``dest``; return its path.
+
+    No root and no mount needed; the extracted file stays sparse.
+    """
+    require("unsquashfs", "install squashfs-tools")
+    if not squashfs.is_file():
+        raise LiveImgError(f"{squashfs} does not exist or is not a file")
+    argv = ["unsquashfs", "-no-progress", "-f", "-d", str(dest), str(squashfs), ROOTFS_IN_SQUASHFS]
+    try:
+        run(argv, log_file)
+    except CommandError as exc:
+        raise LiveImgError(f"cannot read {squashfs} as a squashfs:\n{exc.tail}") from exc
+    rootfs = dest / ROOTFS_IN_SQUASHFS
+    if not rootfs.is_file():
+        raise LiveImgError(f"{squashfs} has no {ROOTFS_IN_SQUASHFS}: it is not a liveimg")
+    return rootfs
+
+
+def _debugfs(
+    image: Path, requests: Sequence[str], log_file: IO[str] | None, *, write: bool = False
+) -> str:
+    """Run debugfs requests in one process and return its output.
+
+    debugfs reports most failures on stderr with exit status 0, so callers must inspect the
+    text; errors are after the echoed ``debugfs: <request>`` line of each request.
+    """
+    require("debugfs", "install e2fsprogs")
+    argv = ["debugfs", *(["-w"] if write else []), "-f", "-", str(image)]
+    return run(
+        argv,
+        log_file,
+        env={**os.environ, **_DEBUGFS_ENV},
+        input_text="".join(f"{r}\n" for r in requests),
+    )
+
+
+def _quote(inner_path: str) -> str:
+    """An image path as a debugfs argument (absolute, double-quoted)."""
+    if '"' in inner_path or "\n" in inner_path or "\0" in inner_path:
+        raise LiveImgError(f"path {inner_path!r} cannot be passed to debugfs (quote or newline)")
+    return '"/' + inner_path.lstrip("/") + '"'
+
+
+def _request_outputs(output: str) -> list[str]:
+    """debugfs ``-f -`` output split into one chunk per request (banner dropped)."""
+    return re.split(r"^debugfs: .*$\n?", output, flags=re.MULTILINE)[1:]
+
+
+def _parse_stat(inner_path: str, image: Path, text: str) -> InodeInfo:
+    if _FILE_NOT_FOUND in text:
+        raise LiveImgError(f"{inner_path} is not in {image}")
+    kind = re.search(r"Type: (\S+(?: special)?)\s+Mode:\s+(\d+)", text)
+    owner = re.search(r"User:\s+(\d+)\s+Group:\s+(\d+).*Size: (\d+)", text)
+    if kind is None or owner is None:
+        raise LiveImgError(f"debugfs could not stat {inner_path} in {image}:\n{text.strip()}")
+    target = re.search(r'Fast link dest: "(.*)"', text)
+    return InodeInfo(
+        kind=kind.group(1),
+        mode=int(kind.group(2), 8),
+        uid=int(owner.group(1)),
+        gid=int(owner.group(2)),
+        size=int(owner.group(3)),
+        link_target=target.group(1) if target else None,
+    )
+
+
+def _stat_and_dump(
+    ext4_image: Path, inner_path: str, dest: Path, log_file: IO[str] | None
+) -> tuple[InodeInfo, str]:
+    """``stat`` then ``dump`` of one path in a single debugfs run: the inode and dump's output.
+
+    debugfs prints "File not found by ext2_lookup" and other failures on stderr but exits 0,
+    so the text is what tells success from failure.
+    """
+    quoted = _quote(inner_path)
+    out = _debugfs(ext4_image, [f"stat {quoted}", f'dump {quoted} "{dest}"'], log_file)
+    chunks = _request_outputs(out)
+    if len(chunks) != 2:
+        raise LiveImgError(f"unexpected debugfs output for {inner_path} in {ext4_image}:\n{out}")
+    return _parse_stat(inner_path, ext4_image, chunks[0]), chunks[1].strip()
+
+
+def stat_path(ext4_image: Path, inner_path: str, log_file: IO[str] | None = None) -> InodeInfo:
+    """Type, mode, owner, size (and symlink target) of ``inner_path`` inside an ext4 image."""
+    with tempfile.TemporaryDirectory(prefix="imgline-debugfs-") as tmp:
+        dump = Path(tmp) / "content"
+        info, _ = _stat_and_dump(ext4_image, inner_path, dump, log_file)
+        if info.kind == "symlink" and info.link_target is None and dump.exists():
+            # A long ("slow") symlink keeps its target in a data block, which dump reads.
+            info = info.model_copy(update={"link_target": dump.read_text(errors="replace")})
+    return info
+
+
+def read_file(ext4_image: Path, inner_path: str, log_file: IO[str] | None = None) -> bytes:
+    """Content of the regular file ``inner_path`` inside an ext4 image, without mounting it.
+
+    Uses ``debugfs dump`` into a temp file rather than ``cat`` to stdout: the runner merges
+    stderr into stdout and decodes text, which would corrupt binary content.
+    """
+    with tempfile.TemporaryDirectory(prefix="imgline-debugfs-") as tmp:
+        dump = Path(tmp) / "content"
+        info, problem = _stat_and_dump(ext4_image, inner_path, dump, log_file)
+        if info.kind != "regular":
+            target = f" (-> {info.link_target}): read its target" if info.link_target else ""
+            raise LiveImgError(
+                f"{inner_path} in {ext4_image} is a {info.kind}, not a regular file{target}"
+            )
+        if problem or not dump.is_file():
+            raise LiveImgError(f"debugfs could not read {inner_path} from {ext4_image}: {problem}")
+        data = dump.read_bytes()
+    if len(data) != info.size:
+        raise LiveImgError(
+            f"read {len(data)} bytes of {inner_path} from {ext4_image}, expected {info.size}"
+        )
+    return data
+
+
+def fsck(ext4_image: Path, log_file: IO[str] | None = None) -> None:
+    """Check an ext4 image read-only (``e2fsck -fn``); raise with e2fsck's findings if unclean."""
+    require("e2fsck", "install e2fsprogs")
+    try:
+        run(["e2fsck", "-fn", str(ext4_image)], log_file)
+    except CommandError as exc:
+        raise LiveImgError(
+            f"{ext4_image} is not a clean ext4 (e2fsck exit {exc.returncode}):\n{exc.tail}"
+        ) from exc

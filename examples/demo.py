@@ -1,0 +1,169 @@
+"""``make demo``: the pipeline as far as it exists, on embedded defaults.
+
+A private RabbitMQ node, the builder service, a local artefact store under .cache/demo/, and a
+"vendor repository" (a git repo made here holding examples/node.ks, as a push would leave it):
+1. build.requested for examples/node.ks  → the builder makes a real liveimg → image.built
+2. build.requested with a broken kickstart → build.failed naming the kickstart line
+3. a message that breaks the contract     → the dead-letter queue, with the reason
+Needs root (mmdebstrap builds in root mode). First run: a few minutes (packages download into
+.cache/apt/, reused afterwards).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pika
+
+from imgline.builder.__main__ import build_consumer
+from imgline.core import logs
+from imgline.core.broker import broker_url
+from imgline.core.bus import Publisher, topology
+from imgline.core.bus.consumer import REASON_HEADER
+from imgline.core.config import BusSettings
+from imgline.core.errors import ImglineError
+from imgline.core.gitutil import commit_files
+from imgline.schemas import payloads as p
+from imgline.schemas.messages import BuildRequestedV1
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / ".cache"
+log = logging.getLogger("imgline.demo")
+
+BROKEN_KS = """lang en_US.UTF-8
+timezone --utc Etc/UTC
+part / --size=2048 --fstype=ext4
+rootpw --lokc
+%packages
+python3
+%end
+"""
+
+
+def vendor_repo(where: Path) -> tuple[str, str]:
+    """A git repository with examples/node.ks committed: (file URL, commit)."""
+    node_ks = (REPO / "examples" / "node.ks").read_text(encoding="utf-8")
+    commit = commit_files(where, {"examples/node.ks": node_ks}, "node image")
+    return f"file://{where}", commit
+
+
+def wait_event(ch: Any, queue: str, timeout: float) -> tuple[str, dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        method, _props, body = ch.basic_get(queue, auto_ack=True)
+        if method is not None:
+            return method.routing_key, json.loads(body)
+        ch.connection.sleep(1)
+    raise TimeoutError(f"no event on {queue} within {timeout:.0f}s")
+
+
+def run() -> int:
+    if os.geteuid() != 0:
+        log.error("the demo builds an image with mmdebstrap in root mode: run it as root")
+        return 2
+    with broker_url() as url, tempfile.TemporaryDirectory(prefix="imgline-demo-") as tmp:
+        settings = BusSettings(
+            service="builder",
+            amqp_url=url,
+            consumer_config={
+                "store_dir": str(CACHE / "demo" / "store"),
+                "work_dir": str(CACHE / "demo" / "work"),
+                "cache_dir": str(CACHE / "apt" / "bookworm-amd64"),
+            },
+        )
+        conn = pika.BlockingConnection(pika.URLParameters(url))
+        ch = conn.channel()
+        topology.declare(ch, topology.service_topology(settings, ("build.requested",)))
+        watch = ch.queue_declare("", exclusive=True).method.queue
+        for topic in ("image.built", "build.failed"):
+            ch.queue_bind(watch, settings.exchange, settings.routing_key(topic))
+
+        builder = build_consumer(settings)
+        thread = threading.Thread(target=builder.run, name="builder", daemon=True)
+        thread.start()
+        builder.ready.wait(30)
+
+        url_git, commit = vendor_repo(Path(tmp) / "vendor")
+        log.info("vendor repository %s at %s holds examples/node.ks", url_git, commit[:12])
+        good = p.BuildRequested(
+            request_id="demo-push-1",
+            source=p.GitSource(url=url_git, ref="main", kickstart_path="examples/node.ks"),
+            name="node",
+            stream="stable",
+            requested_by="make-demo",
+        )
+        bad = p.BuildRequested(
+            request_id="demo-broken-1",
+            source=p.InlineSource(kickstart=BROKEN_KS),
+            name="broken",
+            requested_by="make-demo",
+        )
+        with Publisher(settings, url) as pub:
+            pub.publish(BuildRequestedV1.from_payload(good))
+            log.info("1) published build.requested for node (build_id %s)", good.build_id[:12])
+            started = time.monotonic()
+            topic, event = wait_event(ch, watch, 1800)
+            if not topic.endswith("image.built"):
+                log.error("the build failed: %s", json.dumps(event, indent=2))
+                return 1
+            art = event["artifact"]
+            log.info(
+                "   image.built after %.0fs: node-%s, %.1f MiB, sha256 %s…",
+                time.monotonic() - started,
+                event["version"],
+                art["size"] / 2**20,
+                art["sha256"][:16],
+            )
+            log.info("   image: %s", art["uri"])
+            log.info("   build log: %s", event["log_url"])
+
+            pub.publish(BuildRequestedV1.from_payload(bad))
+            log.info("2) published build.requested with a broken kickstart (rootpw --lokc)")
+            topic, event = wait_event(ch, watch, 120)
+            log.info(
+                "   %s: stage=%s kickstart_line=%s error=%s",
+                topic,
+                event["stage"],
+                event["kickstart_line"],
+                event["error"],
+            )
+
+            body = {**good.model_dump(mode="json"), "stream": "Not A Stream"}
+            wrong = BuildRequestedV1(body=body, topic=settings.routing_key("build.requested"))
+            pub.publish_raw(settings.exchange, wrong.topic, wrong._encoded_body, wrong._properties)
+            log.info("3) published a build.requested that breaks the contract")
+        deadline = time.monotonic() + 30
+        reason = None
+        while reason is None and time.monotonic() < deadline:
+            method, props, _ = ch.basic_get(settings.dead_letter_queue, auto_ack=True)
+            if method is not None and props is not None:
+                reason = (props.headers or {}).get(REASON_HEADER)
+            else:
+                conn.sleep(0.5)
+        log.info("   dead-lettered to %s: %s", settings.dead_letter_queue, reason)
+        builder.stop()
+        thread.join(60)
+        conn.close()
+        log.info("demo done: an image built, a bad kickstart reported, a bad message kept aside")
+    return 0
+
+
+def main() -> int:
+    logs.configure("INFO")
+    try:
+        return run()
+    except ImglineError as exc:
+        log.error("%s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

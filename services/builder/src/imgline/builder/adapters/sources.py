@@ -1,0 +1,93 @@
+"""Fetching the kickstart a request names: a shallow git checkout of one commit, or inline text."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from imgline.builder.errors import SourceError, SourceUnavailableError
+from imgline.core.runner import CommandError, run
+from imgline.schemas.payloads import GitSource, InlineSource
+
+_SHA = re.compile(r"^[0-9a-f]{7,64}$")
+_PERMANENT = (
+    "not found",
+    "does not exist",
+    "couldn't find remote ref",
+    "not our ref",
+    "not a git repository",
+    "unadvertised object",
+    "invalid refspec",
+    "repository '",
+    "does not appear to be a git repository",
+)
+GIT_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",  # never wait for a password on a CI/builder host
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "HOME": "/nonexistent",
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+}
+
+
+@dataclass(frozen=True)
+class KickstartSource:
+    """A kickstart ready to parse: its text, where it lives and which commit it came from."""
+
+    text: str
+    path: str  # as shown to people: the path in the repository, or "inline.ks"
+    file: Path  # on disk, for backends that read the file themselves
+    include_root: Path | None  # %include resolves here (the checkout), None for inline
+    commit: str | None
+
+
+def fetch(source: GitSource | InlineSource, workdir: Path, log: IO[str]) -> KickstartSource:
+    """Materialise the request's kickstart under ``workdir``."""
+    if isinstance(source, InlineSource):
+        file = workdir / "inline.ks"
+        file.write_text(source.kickstart, encoding="utf-8")
+        return KickstartSource(source.kickstart, "inline.ks", file, None, None)
+    checkout = workdir / "src"
+    commit = clone(source.url, source.commit or source.ref, checkout, log)
+    if source.commit and not commit.startswith(source.commit):
+        raise SourceError(f"checked out {commit} but the request pinned {source.commit}")
+    rel = Path(source.kickstart_path)
+    target = (checkout / rel).resolve()
+    if rel.is_absolute() or not target.is_relative_to(checkout.resolve()):
+        raise SourceError(f"kickstart_path {source.kickstart_path!r} leaves the repository")
+    if not target.is_file():
+        raise SourceError(
+            f"{source.kickstart_path} does not exist in {source.url} at {commit[:12]}"
+        )
+    text = target.read_text(encoding="utf-8")
+    return KickstartSource(text, source.kickstart_path, target, checkout.resolve(), commit)
+
+
+def clone(url: str, ref: str, dest: Path, log: IO[str]) -> str:
+    """Shallow-fetch exactly ``ref`` (branch, tag, HEAD or commit) into ``dest``; return the
+    commit id. Only one commit's objects are transferred, whatever the history."""
+    dest.mkdir(parents=True, exist_ok=True)
+    git = ["git", "-C", str(dest)]
+    try:
+        run([*git, "init", "-q"], log, env=GIT_ENV)
+        run([*git, "remote", "add", "origin", url], log, env=GIT_ENV)
+        run(
+            [*git, "-c", "protocol.version=2", "fetch", "-q", "--depth=1", "origin", ref],
+            log,
+            env=GIT_ENV,
+            timeout=600,
+        )
+        run([*git, "checkout", "-q", "--detach", "FETCH_HEAD"], log, env=GIT_ENV)
+        out = run([*git, "rev-parse", "HEAD"], log, env=GIT_ENV)
+    except CommandError as exc:
+        text = f"{exc}".lower()
+        hint = (
+            " (a bare commit id needs a server that allows fetching by id; pin a branch or tag)"
+            if _SHA.match(ref)
+            else ""
+        )
+        if any(marker in text for marker in _PERMANENT):
+            raise SourceError(f"cannot fetch {ref!r} from {url}: {exc.tail or exc}{hint}") from exc
+        raise SourceUnavailableError(f"git fetch from {url} failed: {exc.tail or exc}") from exc
+    return out.strip()

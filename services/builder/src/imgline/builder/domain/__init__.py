@@ -1,0 +1,1 @@
+"""Pure build logic: plans, versions, naming. No subprocess, AMQP, network or file I/O here."""

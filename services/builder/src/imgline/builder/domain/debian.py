@@ -1,0 +1,197 @@
+"""BuildPlan → mmdebstrap: the exact command line and the customize script, as pure text.
+
+Everything the kickstart asks for beyond "install these packages" happens in one generated bash
+script that mmdebstrap runs as a customize hook (root directory as ``$1``, with /proc, /sys and
+/dev mounted). Generating it here, not in the adapter, lets unit tests read every line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from pathlib import Path
+
+from imgline.builder.domain.plan import BuildPlan, Script, User
+
+#: Always installed: the live image must boot with dracut's dmsquash-live module.
+LIVE_PACKAGES = ("dracut", "dracut-live")
+
+#: Marker the customize script prints when a %post fails, so the adapter can name the line.
+POST_FAILED = "imgline: %post from kickstart line"
+
+_PKG = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?$")
+
+
+def package_list(plan: BuildPlan) -> tuple[list[str], list[str]]:
+    """(packages to install, problems): kickstart names checked as Debian package names."""
+    problems = [
+        f"'{p}' is not a valid Debian package name" for p in plan.packages if not _PKG.match(p)
+    ]
+    wanted = [p for p in plan.packages if p not in plan.excluded_packages]
+    for extra in LIVE_PACKAGES:
+        if extra not in wanted and extra not in plan.excluded_packages:
+            wanted.append(extra)
+    return wanted, problems
+
+
+def mmdebstrap_command(
+    plan: BuildPlan,
+    *,
+    suite: str,
+    target: Path,
+    hook: Path,
+    cache_dir: Path,
+    mirror: str | None = None,
+) -> list[str]:
+    """The mmdebstrap invocation: minbase plus the plan's packages, with the .deb cache synced
+    in before download and out after install (mmdebstrap's documented cache recipe)."""
+    packages, _ = package_list(plan)
+    cmd = [
+        "mmdebstrap",
+        "--mode=root",
+        "--variant=minbase",
+        "--format=directory",
+        '--aptopt=APT::Install-Recommends "false"',
+        "--skip=essential/unlink",
+        f"--include={','.join(packages)}",
+        f'--setup-hook=mkdir -p {shlex.quote(str(cache_dir))} "$1/var/cache/apt/archives/"',
+        f"--setup-hook=sync-in {shlex.quote(str(cache_dir))} /var/cache/apt/archives/",
+        f"--customize-hook={hook}",
+        f"--customize-hook=sync-out /var/cache/apt/archives {shlex.quote(str(cache_dir))}",
+        suite,
+        str(target),
+    ]
+    if mirror:
+        cmd.append(mirror)
+    return cmd
+
+
+def _q(value: str) -> str:
+    return shlex.quote(value)
+
+
+def _user_lines(user: User) -> list[str]:
+    args = ["useradd", "--create-home"]
+    if user.uid is not None:
+        args += ["--uid", str(user.uid)]
+    if user.gid is not None:
+        args += ["--gid", str(user.gid)]
+    if user.homedir:
+        args += ["--home-dir", user.homedir]
+    if user.shell:
+        args += ["--shell", user.shell]
+    if user.gecos:
+        args += ["--comment", user.gecos]
+    if user.groups:
+        args += ["--groups", ",".join(user.groups)]
+    args.append(user.name)
+    lines = [f'chroot "$root" {" ".join(_q(a) for a in args)}']
+    lines += _password_lines(user.name, user.password, user.crypted, user.locked)
+    return lines
+
+
+def _password_lines(name: str, password: str | None, crypted: bool, locked: bool) -> list[str]:
+    lines = []
+    if password is not None and crypted:
+        lines.append(f'chroot "$root" usermod --password {_q(password)} {_q(name)}')
+    elif password is not None:
+        lines.append(f'printf "%s\\n" {_q(f"{name}:{password}")} | chroot "$root" chpasswd')
+    if locked:
+        lines.append(f'chroot "$root" passwd --lock {_q(name)} >/dev/null')
+    return lines
+
+
+def _script_lines(kind: str, index: int, script: Script) -> list[str]:
+    tag = hashlib.sha256(script.body.encode()).hexdigest()[:12]
+    delim = f"IMGLINE_{kind.upper()}_{index}_{tag}"
+    inside = f"/tmp/imgline-{kind}-{index}"  # noqa: S108 - inside the image root, not the host
+    lines = [
+        f"# %{kind} from kickstart line {script.lineno}",
+        f"cat > \"$root{inside}\" <<'{delim}'",
+        script.body.rstrip("\n"),
+        delim,
+        f'chmod 0700 "$root{inside}"',
+    ]
+    if script.chroot:
+        run = f'chroot "$root" {_q(script.interpreter)} {inside}'
+    else:
+        env = 'ANA_INSTALL_PATH="$root" INSTALL_ROOT="$root"'
+        run = f'{env} {_q(script.interpreter)} "$root{inside}"'
+    if script.logfile:
+        log = script.logfile if not script.chroot else f"$root{script.logfile}"
+        run += f' >"{log}" 2>&1'
+    failure = f"{POST_FAILED} {script.lineno} failed with status $status"
+    if script.error_on_fail:
+        lines.append(f"status=0; {run} || status=$?")
+        lines.append(f'if [ "$status" -ne 0 ]; then echo "{failure}" >&2; exit 1; fi')
+    else:
+        lines.append(f"status=0; {run} || status=$?")
+        lines.append(
+            f'if [ "$status" -ne 0 ]; then echo "{failure} (ignored: no --erroronfail)" >&2; fi'
+        )
+    lines.append(f'rm -f "$root{inside}"')
+    return lines
+
+
+def customize_script(plan: BuildPlan) -> str:
+    """The bash script that turns an installed package set into the kickstart's system."""
+    tz = plan.timezone
+    lines = [
+        "#!/bin/bash",
+        "# Generated by imgline from the kickstart; run by mmdebstrap as a customize hook.",
+        "set -euo pipefail",
+        'root="$1"',
+        'fail() { echo "imgline: $*" >&2; exit 1; }',
+        "",
+        "# lang",
+        f'printf "LANG=%s\\n" {_q(plan.lang)} > "$root/etc/default/locale"',
+        'if [ -x "$root/usr/sbin/locale-gen" ]; then',
+        f'  printf "%s UTF-8\\n" {_q(plan.lang)} >> "$root/etc/locale.gen"',
+        '  chroot "$root" locale-gen',
+        "fi",
+        "# keyboard",
+        f'printf "XKBLAYOUT=\\"%s\\"\\n" {_q(plan.keyboard)} > "$root/etc/default/keyboard"',
+        "# timezone",
+        f'[ -e "$root/usr/share/zoneinfo/"{_q(tz)} ] '
+        f"|| fail {_q(f'timezone {tz} is not in the image: add tzdata to %packages')}",
+        f'ln -sf /usr/share/zoneinfo/{_q(tz)} "$root/etc/localtime"',
+        f'printf "%s\\n" {_q(tz)} > "$root/etc/timezone"',
+    ]
+    if plan.hostname:
+        lines += ["# hostname", f'printf "%s\\n" {_q(plan.hostname)} > "$root/etc/hostname"']
+    rp = plan.root_password
+    lines += ["# rootpw", *_password_lines("root", rp.password, rp.crypted, rp.locked)]
+    if plan.users:
+        lines.append("# users")
+        for user in plan.users:
+            lines += _user_lines(user)
+    if plan.services_enabled or plan.services_disabled:
+        lines += [
+            "# services",
+            '[ -x "$root/usr/bin/systemctl" ] || fail "services needs systemd in %packages"',
+        ]
+        lines += [f'chroot "$root" systemctl enable {_q(s)}' for s in plan.services_enabled]
+        lines += [f'chroot "$root" systemctl disable {_q(s)}' for s in plan.services_disabled]
+    if plan.excluded_packages:
+        lines.append("# %packages exclusions (pulled in as dependencies)")
+        for pkg in plan.excluded_packages:
+            lines.append(
+                f"if chroot \"$root\" dpkg-query -W -f='${{Status}}' {_q(pkg)} 2>/dev/null "
+                f'| grep -q "install ok installed"; then '
+                f'chroot "$root" apt-get -y -q purge {_q(pkg)}; fi'
+            )
+    for i, script in enumerate(plan.post, start=1):
+        lines += _script_lines("post", i, script)
+    lines += [
+        "# initramfs that boots the image live (dracut dmsquash-live)",
+        'kvers=$(ls "$root/lib/modules" 2>/dev/null || true)',
+        '[ -n "$kvers" ] || fail "the image has no kernel: add one (e.g. linux-image-cloud-amd64)'
+        ' to %packages"',
+        "for kver in $kvers; do",
+        '  chroot "$root" dracut --no-hostonly --add dmsquash-live --force'
+        ' "/boot/initrd.img-$kver" "$kver"',
+        "done",
+        "",
+    ]
+    return "\n".join(lines)

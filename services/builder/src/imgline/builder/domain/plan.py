@@ -1,0 +1,91 @@
+"""What a build must produce, independent of the backend that makes it.
+
+The kickstart parser fills a ``BuildPlan``; a backend turns it into a root file system. Keeping
+the plan a plain value makes "kickstart → plan" and "plan → command line" testable by table.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PlanModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RootPassword(PlanModel):
+    """``rootpw``: locked (no password login), a plain password, or an already-crypted hash."""
+
+    locked: bool = False
+    password: str | None = None
+    crypted: bool = False
+
+
+class User(PlanModel):
+    """``user``: an account created in the image."""
+
+    name: str
+    password: str | None = None
+    crypted: bool = False
+    locked: bool = False
+    groups: tuple[str, ...] = ()
+    uid: int | None = None
+    gid: int | None = None
+    homedir: str | None = None
+    shell: str | None = None
+    gecos: str | None = None
+
+
+class Script(PlanModel):
+    """A ``%post`` (or ``%pre``) section: run with its interpreter, in the image or on the host."""
+
+    body: str
+    interpreter: str = "/bin/sh"
+    chroot: bool = True
+    error_on_fail: bool = False
+    lineno: int = Field(ge=1, description="kickstart line of the %post header")
+    logfile: str | None = None
+
+
+class RootFs(PlanModel):
+    """``part /``: the size and type of the image's root file system."""
+
+    size_mib: int = Field(gt=0)
+    fstype: Literal["ext4"] = "ext4"
+    fsoptions: str | None = None
+    label: str | None = None
+
+
+class Repo(PlanModel):
+    """``url`` / ``repo``: where packages come from (a Debian mirror for mmdebstrap)."""
+
+    name: str
+    baseurl: str
+
+
+class BuildPlan(PlanModel):
+    """Everything a backend needs, taken from the kickstart; nothing backend-specific."""
+
+    packages: tuple[str, ...] = ()
+    excluded_packages: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    lang: str = "en_US.UTF-8"
+    keyboard: str = "us"
+    timezone: str = "Etc/UTC"
+    timezone_utc: bool = True
+    root_password: RootPassword = RootPassword(locked=True)
+    users: tuple[User, ...] = ()
+    services_enabled: tuple[str, ...] = ()
+    services_disabled: tuple[str, ...] = ()
+    selinux: Literal["enforcing", "permissive", "disabled"] | None = None
+    hostname: str | None = None
+    rootfs: RootFs
+    mirror: Repo | None = None
+    repos: tuple[Repo, ...] = ()
+    pre: tuple[Script, ...] = ()
+    post: tuple[Script, ...] = ()
+    warnings: tuple[str, ...] = Field(
+        default=(), description="deprecations and ignored commands, for the build log"
+    )

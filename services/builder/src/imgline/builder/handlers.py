@@ -1,0 +1,291 @@
+"""``build.requested`` → a liveimg in the artefact store → ``image.built`` (or ``build.failed``).
+
+Thin over the pure modules and the adapters. A build that fails because of its input (kickstart,
+source, packages) is a normal outcome: it is reported as ``build.failed`` with the stage, the
+kickstart line when one is to blame, and the build log, and the request is acknowledged. Only
+what may pass (a git server or mirror that did not answer) is retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from fedora_messaging import message as fm_message
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from imgline.builder.adapters import lorax, sources
+from imgline.builder.domain.plan import BuildPlan
+from imgline.builder.domain.version import next_version, release_name
+from imgline.builder.errors import BackendUnavailableError
+from imgline.builder.kickstart import parse_kickstart
+from imgline.builder.ports import Backend, BuildOutput
+from imgline.builder.settings import BuilderConfig
+from imgline.core import liveimg
+from imgline.core.artifacts import LocalArtifactStore
+from imgline.core.errors import ImglineError, PermanentError, TransientError
+from imgline.core.fsutil import remove_tree
+from imgline.core.runner import CommandError
+from imgline.schemas import payloads as p
+from imgline.schemas.messages import BuildFailedV1, BuildRequestedV1, ImageBuiltV1
+
+log = logging.getLogger(__name__)
+
+BUILDS = "builds"  # records: build_id -> the image.built payload (idempotency)
+LOGS = "logs"  # records: <build_id>.log
+
+
+@dataclass
+class _Progress:
+    """Which stage a build is in, for the ``build.failed`` it may end with."""
+
+    stage: str = "fetch"
+
+
+class BuildMetrics:
+    """What a dashboard shows about builds: how many, how they ended, how long they took."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.builds = Counter(
+            "imgline_builds", "Builds by result", ["backend", "result"], registry=registry
+        )
+        self.seconds = Histogram(
+            "imgline_build_seconds",
+            "Build duration, request to stored image",
+            ["backend"],
+            buckets=(30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+            registry=registry,
+        )
+
+
+class BuildHandler:
+    """Handles one ``build.requested`` at a time (the queue's prefetch is 1)."""
+
+    def __init__(
+        self,
+        config: BuilderConfig,
+        store: LocalArtifactStore,
+        backends: dict[str, Backend],
+        *,
+        publish: Callable[[fm_message.Message], None],
+        topic_prefix: str,
+        metrics: BuildMetrics,
+        clock: Callable[[], datetime] = lambda: datetime.now(tz=UTC),
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.backends = backends
+        self.publish = publish
+        self.prefix = topic_prefix
+        self.metrics = metrics
+        self.clock = clock
+
+    def __call__(self, msg: BuildRequestedV1) -> None:
+        req: p.BuildRequested = msg.payload
+        previous = self.store.read_record(BUILDS, req.build_id)
+        if previous is not None:
+            built = p.ImageBuilt.model_validate_json(previous)
+            log.info(
+                "build_id=%s already built as %s: publishing image.built again",
+                req.build_id,
+                release_name(built.name, built.version),
+            )
+            self.publish(ImageBuiltV1.from_payload(built, self.prefix))
+            return
+        workdir = self.config.work_dir / req.build_id
+        remove_tree(workdir)  # a crashed earlier attempt
+        workdir.mkdir(parents=True, mode=0o700)
+        log_path = workdir / "build.log"
+        started = time.monotonic()
+        progress = _Progress()
+        try:
+            with log_path.open("w", encoding="utf-8") as build_log:
+                build_log.write(
+                    f"# imgline build {req.build_id} of {req.name} ({req.stream}), "
+                    f"request {req.request_id}, backend {req.backend}\n"
+                )
+                try:
+                    built = self._build(req, workdir, build_log, started, progress)
+                except ImglineError as exc:
+                    build_log.write(f"# FAILED in {progress.stage}: {exc}\n")
+                    raise
+            built = built.model_copy(update={"log_url": self._store_log(req.build_id, log_path)})
+            self.store.write_record(BUILDS, req.build_id, built.model_dump_json().encode())
+            self.publish(ImageBuiltV1.from_payload(built, self.prefix))
+            self.metrics.builds.labels(req.backend, "built").inc()
+            self.metrics.seconds.labels(req.backend).observe(time.monotonic() - started)
+            log.info(
+                "build_id=%s built %s in %.0fs",
+                req.build_id,
+                release_name(built.name, built.version),
+                built.duration_seconds,
+            )
+        except TransientError:
+            self._store_log(req.build_id, log_path)
+            self.metrics.builds.labels(req.backend, "retried").inc()
+            raise
+        except (PermanentError, CommandError, liveimg.LiveImgError) as exc:
+            self._fail(req, exc, progress.stage, log_path)
+        finally:
+            if not self.config.keep_workdir:
+                remove_tree(workdir)
+
+    def _build(
+        self,
+        req: p.BuildRequested,
+        workdir: Path,
+        build_log: IO[str],
+        started: float,
+        progress: _Progress,
+    ) -> p.ImageBuilt:
+        src = sources.fetch(req.source, workdir, build_log)
+        progress.stage = "parse"
+        parsed = parse_kickstart(
+            src.text, path=src.path, include_root=src.include_root, syntax=self.config.syntax
+        )
+        for warning in parsed.warnings:
+            build_log.write(f"# kickstart warning: {warning}\n")
+        progress.stage = "build"
+        backend = self.backends.get(req.backend)
+        if backend is None:
+            raise BackendUnavailableError(
+                f"this builder has no backend {req.backend!r} (it has {', '.join(self.backends)})"
+            )
+        backend.check_available()
+        output = backend.build(parsed.plan, src.file, workdir, build_log)
+        progress.stage = "assemble"
+        version = self._claim_version(req)
+        meta = self._image_meta(req, version, parsed.plan, output, src.commit)
+        out = workdir / f"{release_name(req.name, version)}.squashfs.img"
+        self._assemble(output, out, parsed.plan, meta=meta, workdir=workdir, build_log=build_log)
+        progress.stage = "store"
+        stored = self.store.put_file(out, move=True)
+        build_log.write(f"# stored {stored.uri} sha256 {stored.sha256} ({stored.size} bytes)\n")
+        built = p.ImageBuilt(
+            build_id=req.build_id,
+            request_id=req.request_id,
+            name=req.name,
+            version=version,
+            stream=req.stream,
+            artifact=p.Artifact(
+                uri=stored.uri,
+                sha256=stored.sha256,
+                size=stored.size,
+                compression=self.config.compression,
+            ),
+            source_commit=src.commit,
+            kickstart_sha256=parsed.sha256,
+            backend=req.backend,
+            duration_seconds=round(time.monotonic() - started, 3),
+        )
+        return built
+
+    def _assemble(
+        self,
+        output: BuildOutput,
+        out: Path,
+        plan: BuildPlan,
+        *,
+        meta: dict[str, Any],
+        workdir: Path,
+        build_log: IO[str],
+    ) -> None:
+        if output.tree is not None:
+            _describe_boot(output.tree, meta)
+            liveimg.assemble(
+                output.tree,
+                out,
+                size_mib=plan.rootfs.size_mib,
+                meta=meta,
+                compression=self.config.compression,
+                workdir=workdir,
+                log_file=build_log,
+            )
+        elif output.fsimage is not None:
+            lorax.prepare_fsimage(output.fsimage, meta, workdir, build_log)
+            liveimg.make_squashfs(output.fsimage, out, self.config.compression, build_log)
+        else:
+            raise PermanentError("the backend produced neither a root tree nor an image")
+
+    def _claim_version(self, req: p.BuildRequested) -> str:
+        namespace = f"versions.{req.name}"
+        if req.version is not None:
+            if not self.store.claim_record(namespace, req.version, req.build_id.encode()):
+                owner = (self.store.read_record(namespace, req.version) or b"?").decode()
+                if owner != req.build_id:
+                    raise PermanentError(
+                        f"version {req.version} of {req.name} was already built by build {owner}: "
+                        "pin another version or leave it out"
+                    )
+            return req.version
+        today = self.clock().date()
+        for _ in range(1000):
+            version = next_version(today, self.store.list_records(namespace))
+            if self.store.claim_record(namespace, version, req.build_id.encode()):
+                return version
+        raise TransientError(f"could not claim a version for {req.name}: too much contention")
+
+    def _image_meta(
+        self,
+        req: p.BuildRequested,
+        version: str,
+        plan: BuildPlan,
+        output: BuildOutput,
+        commit: str | None,
+    ) -> dict[str, Any]:
+        return {
+            "name": req.name,
+            "version": version,
+            "stream": req.stream,
+            "build_id": req.build_id,
+            "backend": req.backend,
+            "source_commit": commit,
+            "selinux": plan.selinux,
+            "built_at": self.clock().isoformat(),
+        }
+
+    def _store_log(self, build_id: str, log_path: Path) -> str | None:
+        try:
+            data = log_path.read_bytes()
+        except OSError:
+            return None
+        self.store.write_record(LOGS, f"{build_id}.log", data)
+        return self.store.record_uri(LOGS, f"{build_id}.log")
+
+    def _fail(self, req: p.BuildRequested, exc: Exception, stage: str, log_path: Path) -> None:
+        line = getattr(exc, "line", None)
+        log.error("build_id=%s failed in %s: %s", req.build_id, stage, exc)
+        failed = p.BuildFailed(
+            request_id=req.request_id,
+            build_id=req.build_id,
+            name=req.name,
+            stage=stage,  # type: ignore[arg-type]
+            error=str(exc)[:8000] or type(exc).__name__,
+            kickstart_line=line if isinstance(line, int) and line > 0 else None,
+            log_url=self._store_log(req.build_id, log_path),
+        )
+        self.publish(BuildFailedV1.from_payload(failed, self.prefix))
+        self.metrics.builds.labels(req.backend, "failed").inc()
+
+
+def _describe_boot(tree: Path, meta: dict[str, Any]) -> None:
+    """Record the kernel and initramfs paths in image.json: the tester boots with them."""
+    kernels = sorted((tree / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise PermanentError("the image has no kernel in /boot: add a kernel package to %packages")
+    kernel = kernels[-1]
+    kver = kernel.name.removeprefix("vmlinuz-")
+    initrd = tree / "boot" / f"initrd.img-{kver}"
+    if not initrd.is_file():
+        raise PermanentError(f"the image has no initramfs for kernel {kver} ({initrd.name})")
+    meta["kernel"] = f"/boot/{kernel.name}"
+    meta["initrd"] = f"/boot/{initrd.name}"
+    meta["kernel_version"] = kver
+    meta["boot_args"] = "root=live:/dev/vda rd.live.image"
+    json.dumps(meta)  # must stay serialisable

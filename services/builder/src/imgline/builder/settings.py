@@ -1,0 +1,26 @@
+"""Builder settings: the ``[consumer_config]`` table of the service's TOML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class BuilderConfig(BaseModel):
+    """Where the builder keeps things and how it builds; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    store_dir: Path = Field(default=Path("/var/lib/imgline/artifacts"))
+    work_dir: Path = Field(default=Path("/var/lib/imgline/builder-work"))
+    cache_dir: Path = Field(
+        default=Path("/var/cache/imgline/apt"), description="downloaded .debs, kept between builds"
+    )
+    suite: str = Field(default="bookworm", pattern=r"^[a-z][a-z0-9-]*$")
+    mirror: str | None = Field(default=None, description="Debian mirror; default: mmdebstrap's")
+    syntax: str = Field(default="RHEL9", description="kickstart syntax version to validate against")
+    compression: Literal["zstd", "xz"] = "zstd"
+    build_timeout_seconds: int = Field(default=7200, gt=0)
+    keep_workdir: bool = Field(default=False, description="keep the root tree after a build")

@@ -1,0 +1,135 @@
+"""BuildPlan → mmdebstrap command line and customize script (level 2: the exact text)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imgline.builder.domain import debian
+from imgline.builder.domain.plan import BuildPlan, Repo, RootFs, RootPassword, Script, User
+
+pytestmark = pytest.mark.unit
+
+ROOTFS = RootFs(size_mib=2048)
+
+
+def plan(**kw: object) -> BuildPlan:
+    return BuildPlan(rootfs=ROOTFS, **kw)  # type: ignore[arg-type]
+
+
+def test_command_line_installs_packages_plus_live_boot_and_syncs_the_cache() -> None:
+    cmd = debian.mmdebstrap_command(
+        plan(
+            packages=("linux-image-cloud-amd64", "python3", "exim4"), excluded_packages=("exim4",)
+        ),
+        suite="bookworm",
+        target=Path("/w/root"),
+        hook=Path("/w/customize.sh"),
+        cache_dir=Path("/c/apt"),
+        mirror="http://mirror.local/debian",
+    )
+    assert cmd == [
+        "mmdebstrap",
+        "--mode=root",
+        "--variant=minbase",
+        "--format=directory",
+        '--aptopt=APT::Install-Recommends "false"',
+        "--skip=essential/unlink",
+        "--include=linux-image-cloud-amd64,python3,dracut,dracut-live",
+        '--setup-hook=mkdir -p /c/apt "$1/var/cache/apt/archives/"',
+        "--setup-hook=sync-in /c/apt /var/cache/apt/archives/",
+        "--customize-hook=/w/customize.sh",
+        "--customize-hook=sync-out /var/cache/apt/archives /c/apt",
+        "bookworm",
+        "/w/root",
+        "http://mirror.local/debian",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("packages", "problem"),
+    [
+        (("Bad_Name",), "'Bad_Name' is not a valid Debian package name"),
+        (("ok", "@core"), "'@core' is not a valid Debian package name"),
+        (("python3", "libc6:amd64", "foo=1.2-3"), None),
+    ],
+)
+def test_package_names_are_checked(packages: tuple[str, ...], problem: str | None) -> None:
+    _, problems = debian.package_list(plan(packages=packages))
+    assert problems == ([problem] if problem else [])
+
+
+def test_customize_script_applies_the_kickstart() -> None:
+    script = debian.customize_script(
+        plan(
+            lang="de_DE.UTF-8",
+            keyboard="de",
+            timezone="Europe/Berlin",
+            hostname="node1",
+            root_password=RootPassword(password="$6$salt$hash", crypted=True),
+            users=(
+                User(name="node", locked=True, groups=("sudo", "adm"), shell="/bin/bash", uid=1500),
+                User(name="ops", password="s3cret it's"),
+            ),
+            services_enabled=("ssh",),
+            services_disabled=("getty@tty1",),
+            excluded_packages=("exim4-base",),
+            mirror=Repo(name="base", baseurl="http://x"),
+        )
+    )
+    for line in [
+        'printf "LANG=%s\\n" de_DE.UTF-8 > "$root/etc/default/locale"',
+        'printf "XKBLAYOUT=\\"%s\\"\\n" de > "$root/etc/default/keyboard"',
+        'ln -sf /usr/share/zoneinfo/Europe/Berlin "$root/etc/localtime"',
+        'printf "%s\\n" node1 > "$root/etc/hostname"',
+        "chroot \"$root\" usermod --password '$6$salt$hash' root",
+        'chroot "$root" useradd --create-home --uid 1500 --shell /bin/bash --groups sudo,adm node',
+        'chroot "$root" passwd --lock node >/dev/null',
+        'printf "%s\\n" \'ops:s3cret it\'"\'"\'s\' | chroot "$root" chpasswd',
+        'chroot "$root" systemctl enable ssh',
+        'chroot "$root" systemctl disable getty@tty1',
+        '  chroot "$root" dracut --no-hostonly --add dmsquash-live --force'
+        ' "/boot/initrd.img-$kver" "$kver"',
+    ]:
+        assert line in script.splitlines(), line
+    assert "passwd --lock root" not in script
+
+
+def test_post_scripts_keep_interpreter_chroot_and_erroronfail() -> None:
+    script = debian.customize_script(
+        plan(
+            post=(
+                Script(
+                    body="print('hi')\n",
+                    interpreter="/usr/bin/python3",
+                    lineno=20,
+                    error_on_fail=True,
+                ),
+                Script(body="cp /etc/hosts $INSTALL_ROOT/etc/\n", chroot=False, lineno=30),
+            )
+        )
+    )
+    lines = script.splitlines()
+    i = lines.index("# %post from kickstart line 20")
+    assert lines[i + 2] == "print('hi')"
+    assert (
+        lines[i + 5] == 'status=0; chroot "$root" /usr/bin/python3 /tmp/imgline-post-1 || status=$?'
+    )
+    assert "exit 1" in lines[i + 6]
+    assert f"{debian.POST_FAILED} 20 failed" in lines[i + 6]
+    j = lines.index("# %post from kickstart line 30")
+    assert 'INSTALL_ROOT="$root" /bin/sh "$root/tmp/imgline-post-2"' in lines[j + 5]
+    assert "ignored: no --erroronfail" in lines[j + 6]
+
+
+def test_generated_script_is_valid_bash() -> None:
+    script = debian.customize_script(
+        plan(
+            users=(User(name="a", password="x'y\"z$(rm -rf /)"),),
+            post=(Script(body="echo 'unbalanced \" quote'\n", lineno=3),),
+        )
+    )
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+    assert "x'\"'\"'y\"z$(rm -rf /)'" in script  # quoted, never expanded

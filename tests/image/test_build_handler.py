@@ -1,0 +1,175 @@
+"""The builder's handler with real assembly, store and git, and a stand-in root tree.
+
+The stand-in backend writes a tiny tree (a fake kernel and initramfs) instead of running
+mmdebstrap, so every handler path runs in seconds; test_builder_e2e.py is its real twin.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+from fedora_messaging import message as fm_message
+from prometheus_client import CollectorRegistry
+
+from imgline.builder.adapters.lorax import LoraxBackend
+from imgline.builder.domain.plan import BuildPlan
+from imgline.builder.handlers import BuildHandler, BuildMetrics
+from imgline.builder.ports import Backend, BuildOutput
+from imgline.builder.settings import BuilderConfig
+from imgline.core import liveimg
+from imgline.core.artifacts import LocalArtifactStore
+from imgline.core.gitutil import commit_files
+from imgline.schemas import payloads as p
+from imgline.schemas.messages import BuildFailedV1, BuildRequestedV1, ImageBuiltV1
+
+pytestmark = pytest.mark.image
+
+KS = """lang en_US.UTF-8
+timezone --utc Etc/UTC
+rootpw --lock
+part / --size=64 --fstype=ext4
+%packages
+linux-image-cloud-amd64
+%end
+"""
+
+
+class TreeBackend:
+    """Writes a minimal root tree shaped like a real one."""
+
+    name = "mmdebstrap"
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.plans: list[BuildPlan] = []
+
+    def check_available(self) -> None:
+        return None
+
+    def build(self, plan: BuildPlan, kickstart: Path, workdir: Path, log: IO[str]) -> BuildOutput:
+        self.calls += 1
+        self.plans.append(plan)
+        root = workdir / "root"
+        for d in ("boot", "etc", "usr/bin"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        (root / "boot/vmlinuz-6.1.0-test").write_bytes(b"kernel")
+        (root / "boot/initrd.img-6.1.0-test").write_bytes(b"initrd")
+        (root / "etc/hostname").write_text("node\n")
+        (root / "usr/bin/payload").write_text("#!/bin/sh\necho hi\n")
+        log.write("tree written\n")
+        return BuildOutput(tree=root)
+
+
+class Harness:
+    def __init__(self, tmp: Path, backends: dict[str, Backend] | None = None) -> None:
+        self.sent: list[fm_message.Message] = []
+        self.backend = TreeBackend()
+        self.store = LocalArtifactStore(tmp / "store")
+        self.handler = BuildHandler(
+            BuilderConfig(store_dir=tmp / "store", work_dir=tmp / "work", cache_dir=tmp / "c"),
+            self.store,
+            backends or {"mmdebstrap": self.backend},
+            publish=self.sent.append,
+            topic_prefix="imgline",
+            metrics=BuildMetrics(CollectorRegistry()),
+            clock=lambda: datetime(2026, 11, 23, 12, 0, tzinfo=UTC),
+        )
+
+    def build(self, **fields: Any) -> fm_message.Message:
+        fields.setdefault("request_id", "r1")
+        fields.setdefault("name", "node")
+        fields.setdefault("source", p.InlineSource(kickstart=KS))
+        req = p.BuildRequested(**fields)
+        before = len(self.sent)
+        self.handler(BuildRequestedV1.from_payload(req))
+        assert len(self.sent) == before + 1
+        msg = self.sent[-1]
+        msg.validate()
+        return msg
+
+
+def test_inline_kickstart_becomes_a_stored_liveimg(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    msg = h.build()
+    assert isinstance(msg, ImageBuiltV1)
+    built = msg.payload
+    assert (built.name, built.version, built.stream) == ("node", "20261123.1", "main")
+    assert built.source_commit is None
+    stored = h.store.path_for(built.artifact.sha256)
+    assert stored.stat().st_size == built.artifact.size
+    assert h.store.verify(built.artifact.sha256)
+    rootfs = liveimg.extract_rootfs(stored, tmp_path / "x")
+    liveimg.fsck(rootfs)
+    meta = json.loads(liveimg.read_file(rootfs, "/usr/lib/imgline/image.json"))
+    assert meta["version"] == "20261123.1"
+    assert meta["build_id"] == built.build_id
+    assert meta["kernel"] == "/boot/vmlinuz-6.1.0-test"
+    assert meta["initrd"] == "/boot/initrd.img-6.1.0-test"
+    assert liveimg.read_file(rootfs, "/usr/share/factory/etc/hostname") == b"node\n"
+    assert built.log_url and built.log_url.startswith("file://")
+    log_text = h.store.read_record("logs", f"{built.build_id}.log")
+    assert log_text is not None and b"tree written" in log_text
+    assert not (tmp_path / "work" / built.build_id).exists()  # work dir cleaned up
+
+
+def test_same_request_is_not_built_twice_and_versions_count_up(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    first = h.build()
+    again = h.build(request_id="r1-redelivered")
+    assert h.backend.calls == 1
+    assert again.body == first.body
+    other = h.build(stream="testing")
+    assert other.payload.version == "20261123.2"
+    pinned = h.build(version="1.0", stream="lts")
+    assert pinned.payload.version == "1.0"
+    clash = h.build(version="1.0", stream="other")
+    assert isinstance(clash, BuildFailedV1)
+    assert "version 1.0 of node was already built" in clash.payload.error
+
+
+def test_bad_kickstart_fails_with_the_line_number(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    msg = h.build(source=p.InlineSource(kickstart="lang en_US.UTF-8\n\npartt / --size=10\n"))
+    assert isinstance(msg, BuildFailedV1)
+    failed = msg.payload
+    assert (failed.stage, failed.kickstart_line) == ("parse", 3)
+    assert "partt" in failed.error
+    assert h.backend.calls == 0
+    log = h.store.read_record("logs", f"{failed.build_id}.log")
+    assert log is not None and b"FAILED in parse" in log
+
+
+def test_livemedia_creator_off_fedora_fails_clearly(tmp_path: Path) -> None:
+    h = Harness(tmp_path, {"livemedia-creator": LoraxBackend(60)})
+    msg = h.build(backend="livemedia-creator")
+    assert isinstance(msg, BuildFailedV1)
+    assert msg.payload.stage == "build"
+    assert "needs lorax" in msg.payload.error and "Fedora/EL" in msg.payload.error
+
+
+def test_git_source_with_include_records_the_commit(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    commit = commit_files(
+        repo,
+        {
+            "ks/parts/packages.ks": "%packages\npython3\n%end\n",
+            "ks/node.ks": "lang en_US.UTF-8\npart / --size=64 --fstype=ext4\n"
+            "%include ks/parts/packages.ks\n",
+        },
+    )
+    h = Harness(tmp_path)
+    msg = h.build(source=p.GitSource(url=f"file://{repo}", ref="main", kickstart_path="ks/node.ks"))
+    assert isinstance(msg, ImageBuiltV1), msg.body
+    assert msg.payload.source_commit == commit
+    assert h.backend.plans[0].packages == ("python3",)
+    missing = h.build(
+        request_id="r2",
+        source=p.GitSource(url=f"file://{repo}", ref="main", kickstart_path="ks/nope.ks"),
+    )
+    assert isinstance(missing, BuildFailedV1)
+    assert missing.payload.stage == "fetch"
+    assert "ks/nope.ks does not exist" in missing.payload.error
