@@ -442,3 +442,14 @@ def test_include_through_a_symlink_out_of_the_repository(tmp_path: Path) -> None
     error = parse_error("lang C\n%include link.ks\n", include_root=root)
     assert (error.path, error.line) == ("kickstart.ks", 2)
     assert "points outside the repository" in error.detail
+
+
+@pytest.mark.unit
+def test_flat_text_has_includes_expanded(tmp_path: Path) -> None:
+    (tmp_path / "pk.ks").write_text("%packages\npython3\n%end\n")
+    parsed = parse_kickstart(
+        "lang en_US.UTF-8\npart / --size=64 --fstype=ext4\n%include pk.ks\n", include_root=tmp_path
+    )
+    assert "%include" not in parsed.flat_text
+    assert "python3" in parsed.flat_text
+    assert parse_kickstart(parsed.flat_text).plan == parsed.plan

@@ -158,7 +158,11 @@ class BuildHandler:
                 f"this builder has no backend {req.backend!r} (it has {', '.join(self.backends)})"
             )
         backend.check_available()
-        output = backend.build(parsed.plan, src.file, workdir, build_log)
+        # Backends that read the kickstart themselves (lorax) get the expanded text, so they
+        # cannot resolve an %include differently from the parser that validated it.
+        flat = workdir / "kickstart.flat.ks"
+        flat.write_text(parsed.flat_text, encoding="utf-8")
+        output = backend.build(parsed.plan, flat, workdir, build_log)
         progress.stage = "assemble"
         version = self._claim_version(req)
         meta = self._image_meta(req, version, parsed.plan, output, src.commit)

@@ -121,6 +121,7 @@ class ParsedKickstart:
     plan: BuildPlan
     warnings: tuple[str, ...]  # the same as plan.warnings, for the build log
     sha256: str  # of the main kickstart text as given (``image.built`` carries it)
+    flat_text: str = ""  # with every %include expanded: what the plan was validated from
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,9 @@ def parse_kickstart(
         _run_parser(handler, expanded, notes, caught)
         notes.add_caught(caught, line=None)
     plan = _build_plan(handler, expanded, notes)
-    return ParsedKickstart(plan=plan, warnings=plan.warnings, sha256=sha256)
+    return ParsedKickstart(
+        plan=plan, warnings=plan.warnings, sha256=sha256, flat_text=expanded.text()
+    )
 
 
 # --- includes -------------------------------------------------------------------------------
