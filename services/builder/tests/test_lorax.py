@@ -1,0 +1,37 @@
+"""livemedia-creator: the exact command line, and a clear refusal where lorax is missing.
+
+The backend itself only runs on Fedora/EL builders; this Debian CI checks what can be checked
+here (the real refusal is exercised in tests/image/test_build_handler.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imgline.builder.adapters.lorax import LoraxBackend, lmc_command
+from imgline.builder.errors import BackendUnavailableError
+
+pytestmark = pytest.mark.unit
+
+
+def test_command_line() -> None:
+    assert lmc_command(Path("/w/kickstart.flat.ks"), Path("/w")) == [
+        "livemedia-creator",
+        "--make-fsimage",
+        "--no-virt",
+        "--ks=/w/kickstart.flat.ks",
+        "--image-name=rootfs.img",
+        "--resultdir=/w/lmc",
+        "--tmp=/w/lmc-tmp",
+        "--logfile=/w/livemedia-creator.log",
+    ]
+
+
+def test_missing_lorax_is_refused_with_advice(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(BackendUnavailableError, match=r"dnf install lorax.*backend 'mmdebstrap'"):
+        LoraxBackend(60).check_available()
