@@ -170,6 +170,29 @@ def check_read_back_helpers(out: Path, tmp_path: Path) -> None:
         liveimg.read_file(extracted, "bin")
     with pytest.raises(LiveImgError, match="is a directory"):
         liveimg.read_file(extracted, "etc")
+    check_batch_helpers(extracted, tmp_path)
+
+
+def check_batch_helpers(extracted: Path, tmp_path: Path) -> None:
+    """Many paths in one debugfs run, as the tester's content checks use them."""
+    found = liveimg.stat_paths(extracted, ["/etc/hostname", "/etc/nope", "/bin"])
+    assert found["/etc/nope"] is None
+    assert found["/etc/hostname"] is not None and found["/etc/hostname"].size == 5
+    assert found["/bin"] is not None and found["/bin"].link_target == "usr/bin"
+    listed = liveimg.list_dirs(extracted, ["/etc/ssh", "/home/user", "/nope", "/etc/hostname"])
+    assert [e.name for e in listed["/etc/ssh"] or []] == ["sshd_config"]
+    secret = (listed["/home/user"] or [])[0]
+    assert (secret.name, secret.size, secret.is_dir, secret.mode & 0o7777) == (
+        "secret",
+        6,
+        False,
+        0o600,
+    )
+    assert listed["/nope"] is None and listed["/etc/hostname"] is None
+    copy = liveimg.dump_dir(extracted, "/var/lib/app", tmp_path / "dumped")
+    assert (copy / "data" / "blob.bin").read_bytes() == BINARY
+    with pytest.raises(LiveImgError, match="could not copy /var/nope"):
+        liveimg.dump_dir(extracted, "/var/nope", tmp_path / "dumped2")
 
 
 def image_json_bytes() -> bytes:

@@ -660,6 +660,89 @@ def read_file(ext4_image: Path, inner_path: str, log_file: IO[str] | None = None
     return data
 
 
+def stat_paths(
+    ext4_image: Path, inner_paths: Sequence[str], log_file: IO[str] | None = None
+) -> dict[str, InodeInfo | None]:
+    """``stat`` of many paths in one debugfs run; ``None`` for a path that is not there.
+
+    A tester checks dozens of paths per image; one process for all of them keeps that cheap.
+    A long symlink's target is not read here (``link_target`` is then ``None``).
+    """
+    if not inner_paths:
+        return {}
+    out = _debugfs(ext4_image, [f"stat {_quote(p)}" for p in inner_paths], log_file)
+    chunks = _request_outputs(out)
+    if len(chunks) != len(inner_paths):
+        raise LiveImgError(f"unexpected debugfs output for {ext4_image}:\n{out[-2000:]}")
+    found: dict[str, InodeInfo | None] = {}
+    for path, text in zip(inner_paths, chunks, strict=True):
+        found[path] = None if _FILE_NOT_FOUND in text else _parse_stat(path, ext4_image, text)
+    return found
+
+
+class DirEntry(BaseModel):
+    """One name in a directory of an ext4 image (``debugfs ls -p``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    mode: int  # full st_mode, type bits included
+    size: int | None  # None for directories
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+
+_LS_LINE = re.compile(r"^/(\d+)/([0-7]+)/(\d+)/(\d+)/(.*)/(\d*)/$")
+
+
+def list_dirs(
+    ext4_image: Path, inner_dirs: Sequence[str], log_file: IO[str] | None = None
+) -> dict[str, list[DirEntry] | None]:
+    """Entries of many directories in one debugfs run (``.`` and ``..`` left out); ``None`` for
+    a directory that is not there or is not a directory."""
+    if not inner_dirs:
+        return {}
+    out = _debugfs(ext4_image, [f"ls -p {_quote(d)}" for d in inner_dirs], log_file)
+    chunks = _request_outputs(out)
+    if len(chunks) != len(inner_dirs):
+        raise LiveImgError(f"unexpected debugfs output for {ext4_image}:\n{out[-2000:]}")
+    listed: dict[str, list[DirEntry] | None] = {}
+    for path, text in zip(inner_dirs, chunks, strict=True):
+        entries: list[DirEntry] = []
+        for line in text.splitlines():
+            m = _LS_LINE.match(line)
+            if m and m.group(5) not in (".", ".."):
+                size = m.group(6)
+                entries.append(
+                    DirEntry(
+                        name=m.group(5), mode=int(m.group(2), 8), size=int(size) if size else None
+                    )
+                )
+        problem = _FILE_NOT_FOUND in text or "is not a directory" in text
+        listed[path] = None if problem else entries
+    return listed
+
+
+def dump_dir(ext4_image: Path, inner_dir: str, dest: Path, log_file: IO[str] | None = None) -> Path:
+    """Copy directory ``inner_dir`` out of an ext4 image into ``dest`` (``debugfs rdump``);
+    returns the copy. Used for databases that only a host tool can read (rpm)."""
+    copy = dest / Path(inner_dir).name
+    if copy.exists():
+        raise LiveImgError(f"{copy} exists already: dump {inner_dir} into an empty directory")
+    dest.mkdir(parents=True, exist_ok=True)
+    out = _debugfs(ext4_image, [f'rdump {_quote(inner_dir)} "{dest}"'], log_file)
+    problem = "".join(_request_outputs(out)).strip()
+    if not copy.is_dir():
+        raise LiveImgError(f"debugfs could not copy {inner_dir} out of {ext4_image}: {problem}")
+    return copy
+
+
 def fsck(ext4_image: Path, log_file: IO[str] | None = None) -> None:
     """Check an ext4 image read-only (``e2fsck -fn``); raise with e2fsck's findings if unclean."""
     require("e2fsck", "install e2fsprogs")
