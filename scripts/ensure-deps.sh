@@ -3,9 +3,10 @@
 # Debian, dnf on Fedora) and uv. Idempotent and quiet when everything is there.
 set -euo pipefail
 
-# rabbitmq-server: the private broker; the rest: image building and VM tiers of later stages.
-DEBIAN_PACKAGES=(rabbitmq-server mmdebstrap squashfs-tools e2fsprogs qemu-system-x86 qemu-utils git python3-pip)
-FEDORA_PACKAGES=(rabbitmq-server mmdebstrap squashfs-tools e2fsprogs qemu-system-x86-core qemu-img git python3-pip)
+# rabbitmq-server: the private broker; rpm: the tester reads Fedora/EL package databases (and
+# its tests build a tiny rpm); the rest: image building and the VM tier.
+DEBIAN_PACKAGES=(rabbitmq-server mmdebstrap squashfs-tools e2fsprogs qemu-system-x86 qemu-utils git python3-pip rpm)
+FEDORA_PACKAGES=(rabbitmq-server mmdebstrap squashfs-tools e2fsprogs qemu-system-x86-core qemu-img git python3-pip rpm-build)
 
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then

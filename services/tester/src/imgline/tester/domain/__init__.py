@@ -1,0 +1,1 @@
+"""Pure test logic: the test plan, result bookkeeping, ordering. No I/O here."""
