@@ -1,16 +1,23 @@
-"""Helpers for the broker-tier tests (imported by the test modules; conftest holds fixtures)."""
+"""Helpers for the tests that use a broker (imported by test modules; conftest has fixtures)."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pika
 
-from imgline.core.bus import Consumer
+from imgline.core.bus import Consumer, topology
+from imgline.core.config import BusSettings, load_settings
 from imgline.schemas import payloads as p
 
 
@@ -66,4 +73,79 @@ def take_all(url: str, queue: str) -> list[tuple[dict[str, Any], bytes]]:
                 return out
             out.append((dict(props.headers or {}), body))
     finally:
+        conn.close()
+
+
+class ServiceProcess:
+    """One imgline service run as its own process (``python -m imgline.<service>``) on an
+    exchange of its own, with a queue that collects the events it emits."""
+
+    def __init__(
+        self, conn: pika.BlockingConnection, exchange: str, watch: str, dlq: str, proc: Any
+    ) -> None:
+        self.conn, self.exchange, self.watch, self.dlq, self.proc = (
+            conn,
+            exchange,
+            watch,
+            dlq,
+            proc,
+        )
+        self.channel = conn.channel()
+        self.channel.confirm_delivery()
+
+    def publish(self, msg: Any) -> None:
+        self.channel.basic_publish(self.exchange, msg.topic, msg._encoded_body, msg._properties)
+
+    def wait_event(self, timeout: float) -> dict[str, Any]:
+        """The next event, failing at once if the service dies or dead-letters the input."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            method, _props, body = self.channel.basic_get(self.watch, auto_ack=True)
+            if method is not None:
+                event: dict[str, Any] = json.loads(body)
+                return event
+            assert self.proc.poll() is None, "the service process died"
+            dead, props, _ = self.channel.basic_get(self.dlq, auto_ack=True)
+            assert dead is None, f"the input was dead-lettered: {props.headers}"
+            self.conn.sleep(2)
+        raise AssertionError(f"no event within {timeout:.0f}s")
+
+
+@contextmanager
+def service_process(
+    service: str,
+    amqp_url: str,
+    tmp: Path,
+    *,
+    consumes: tuple[str, ...],
+    emits: tuple[str, ...],
+    consumer_config: dict[str, str],
+) -> Iterator[ServiceProcess]:
+    """Start ``imgline-<service>`` with a config written to ``tmp``; stop it with SIGTERM."""
+    exchange = f"{service}{os.getpid()}"
+    config = tmp / f"{service}.toml"
+    table = "".join(f"{k} = {json.dumps(v)}\n" for k, v in consumer_config.items())
+    config.write_text(
+        f'service = "{service}"\nexchange = "{exchange}"\n'
+        f'dead_letter_exchange = "{exchange}.dlx"\ndead_letter_queue = "{exchange}.dead-letter"\n'
+        f"[consumer_config]\n{table}"
+    )
+    settings = load_settings(BusSettings, config, {})
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    ch = conn.channel()
+    ch.exchange_declare(exchange, "topic", durable=True)
+    watch = ch.queue_declare("", exclusive=True).method.queue
+    for topic in emits:
+        ch.queue_bind(watch, exchange, settings.routing_key(topic))
+    # declare the service's queue first: a message published before it exists is lost
+    topology.declare(ch, topology.service_topology(settings, consumes))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"imgline.{service}", "--config", str(config)],
+        env=dict(os.environ, IMGLINE_AMQP_URL=amqp_url),
+    )
+    try:
+        yield ServiceProcess(conn, exchange, watch, settings.dead_letter_queue, proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
         conn.close()

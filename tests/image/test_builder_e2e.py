@@ -7,19 +7,14 @@ Package downloads are cached under .cache/apt/ between runs (first run: a few mi
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pika
 import pytest
+from bushelpers import service_process
 
 from imgline.core import liveimg
 from imgline.core.artifacts import LocalArtifactStore
-from imgline.core.config import BusSettings
 from imgline.core.gitutil import commit_files
 from imgline.schemas import payloads as p
 from imgline.schemas.messages import BuildRequestedV1, ImageBuiltV1
@@ -37,58 +32,28 @@ def test_node_ks_builds_through_the_broker(amqp_url: str, tmp_path: Path) -> Non
     commit = commit_files(repo, {"examples/node.ks": node_ks}, "node image")
 
     store_dir = tmp_path / "store"
-    exchange = f"e2e{os.getpid()}"
-    config = tmp_path / "builder.toml"
-    config.write_text(
-        f'service = "builder"\nexchange = "{exchange}"\n'
-        f'dead_letter_exchange = "{exchange}.dlx"\ndead_letter_queue = "{exchange}.dead-letter"\n'
-        "[consumer_config]\n"
-        f'store_dir = "{store_dir}"\nwork_dir = "{tmp_path / "work"}"\n'
-        f'cache_dir = "{APT_CACHE}"\n'
+    config = {
+        "store_dir": str(store_dir),
+        "work_dir": str(tmp_path / "work"),
+        "cache_dir": str(APT_CACHE),
+    }
+    req = p.BuildRequested(
+        request_id="e2e-1",
+        source=p.GitSource(url=f"file://{repo}", ref="main", kickstart_path="examples/node.ks"),
+        name="node",
+        stream="stable",
     )
-    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    ch = conn.channel()
-    ch.exchange_declare(exchange, "topic", durable=True)
-    watch = ch.queue_declare("", exclusive=True).method.queue
-    ch.queue_bind(watch, exchange, "imgline.image.built")
-    ch.queue_bind(watch, exchange, "imgline.build.failed")
-
-    # declare the builder's topology first: a message published before its queue exists is lost
-    from imgline.core.bus import topology  # noqa: PLC0415
-    from imgline.core.config import load_settings  # noqa: PLC0415
-
-    settings = load_settings(BusSettings, config, {})
-    topology.declare(ch, topology.service_topology(settings, ("build.requested",)))
-
-    builder = subprocess.Popen(
-        [sys.executable, "-m", "imgline.builder", "--config", str(config)],
-        env=dict(os.environ, IMGLINE_AMQP_URL=amqp_url),
-    )
-    try:
-        req = p.BuildRequested(
-            request_id="e2e-1",
-            source=p.GitSource(url=f"file://{repo}", ref="main", kickstart_path="examples/node.ks"),
-            name="node",
-            stream="stable",
-        )
-        msg = BuildRequestedV1.from_payload(req)
-        ch.confirm_delivery()
-        ch.basic_publish(exchange, msg.topic, msg._encoded_body, msg._properties)
-        deadline = time.monotonic() + 1500
-        body = None
-        while time.monotonic() < deadline and body is None:
-            method, _props, body = ch.basic_get(watch, auto_ack=True)
-            if method is None:
-                body = None
-                conn.sleep(2)
-                assert builder.poll() is None, "the builder process died"
-        assert body is not None, "no image.built within the time limit"
-        event = json.loads(body)
-        assert "artifact" in event, f"build failed: {event}"
-    finally:
-        builder.send_signal(signal.SIGTERM)
-        builder.wait(60)
-        conn.close()
+    with service_process(
+        "builder",
+        amqp_url,
+        tmp_path,
+        consumes=("build.requested",),
+        emits=("image.built", "build.failed"),
+        consumer_config=config,
+    ) as svc:
+        svc.publish(BuildRequestedV1.from_payload(req))
+        event = svc.wait_event(1500)
+    assert "artifact" in event, f"build failed: {event}"
 
     built = ImageBuiltV1(body=event, topic="imgline.image.built").payload
     assert built.build_id == req.build_id

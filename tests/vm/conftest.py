@@ -1,0 +1,14 @@
+"""Fixtures of the vm tier: the real node image (built once, cached under .cache/images/)."""
+
+from __future__ import annotations
+
+import pytest
+from nodeimage import node_image as build_node_image
+
+from imgline.core.artifacts import LocalArtifactStore
+from imgline.schemas import payloads as p
+
+
+@pytest.fixture(scope="session")
+def node_image() -> tuple[p.ImageBuilt, LocalArtifactStore]:
+    return build_node_image()
