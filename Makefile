@@ -34,6 +34,7 @@ demo: sync
 bench: sync
 	$(UV) run --frozen python bench/bus.py
 	$(UV) run --frozen python bench/assemble.py
+	$(UV) run --frozen python bench/tester.py
 
 # Regenerate committed artefacts derived from code (tests fail when they are stale).
 schemas: sync

@@ -1,12 +1,15 @@
 """``make demo``: the pipeline as far as it exists, on embedded defaults.
 
-A private RabbitMQ node, the builder service, a local artefact store under .cache/demo/, and a
-"vendor repository" (a git repo made here holding examples/node.ks, as a push would leave it):
+A private RabbitMQ node, the builder and tester services, a local artefact store under
+.cache/demo/, and a "vendor repository" (a git repo made here holding examples/node.ks, as a
+push would leave it):
 1. build.requested for examples/node.ks  → the builder makes a real liveimg → image.built
-2. build.requested with a broken kickstart → build.failed naming the kickstart line
-3. a message that breaks the contract     → the dead-letter queue, with the reason
-Needs root (mmdebstrap builds in root mode). First run: a few minutes (packages download into
-.cache/apt/, reused afterwards).
+2. the tester checks it (integrity, content per examples/test-plan.toml, a live boot in qemu)
+   → image.tested with every check and a JUnit report
+3. build.requested with a broken kickstart → build.failed naming the kickstart line
+4. a message that breaks the contract     → the dead-letter queue, with the reason
+Needs root (mmdebstrap builds in root mode). First run: several minutes (packages download into
+.cache/apt/, reused afterwards; the boot runs under TCG).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from imgline.core.errors import ImglineError
 from imgline.core.gitutil import commit_files
 from imgline.schemas import payloads as p
 from imgline.schemas.messages import BuildRequestedV1
+from imgline.tester.__main__ import build_consumer as build_tester
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache"
@@ -65,31 +69,69 @@ def wait_event(ch: Any, queue: str, timeout: float) -> tuple[str, dict[str, Any]
     raise TimeoutError(f"no event on {queue} within {timeout:.0f}s")
 
 
+def show_tests(ch: Any, watch: str) -> None:
+    log.info("2) the tester checks it; the live boot under TCG takes a minute or two")
+    _topic, event = wait_event(ch, watch, 1800)
+    for result in event["results"]:
+        log.info(
+            "   %-20s %-7s %6.1fs  %s",
+            result["name"],
+            result["status"],
+            result["duration_seconds"],
+            result["detail"][:100],
+        )
+    log.info("   image.tested: passed=%s, report %s", event["passed"], event["report_url"])
+
+
+def show_dead_letter(ch: Any, queue: str) -> None:
+    deadline = time.monotonic() + 30
+    reason = None
+    while reason is None and time.monotonic() < deadline:
+        method, props, _ = ch.basic_get(queue, auto_ack=True)
+        if method is not None and props is not None:
+            reason = (props.headers or {}).get(REASON_HEADER)
+        else:
+            ch.connection.sleep(0.5)
+    log.info("   dead-lettered to %s: %s", queue, reason)
+
+
 def run() -> int:
     if os.geteuid() != 0:
         log.error("the demo builds an image with mmdebstrap in root mode: run it as root")
         return 2
     with broker_url() as url, tempfile.TemporaryDirectory(prefix="imgline-demo-") as tmp:
+        store = str(CACHE / "demo" / "store")
         settings = BusSettings(
             service="builder",
             amqp_url=url,
             consumer_config={
-                "store_dir": str(CACHE / "demo" / "store"),
+                "store_dir": store,
                 "work_dir": str(CACHE / "demo" / "work"),
                 "cache_dir": str(CACHE / "apt" / "bookworm-amd64"),
             },
         )
+        plan = str(REPO / "examples" / "test-plan.toml")
+        tester_config = {"store_dir": store, "work_dir": str(CACHE / "demo" / "tester-work")}
+        tester_settings = settings.model_copy(
+            update={"service": "tester", "consumer_config": {**tester_config, "plan_file": plan}}
+        )
         conn = pika.BlockingConnection(pika.URLParameters(url))
         ch = conn.channel()
         topology.declare(ch, topology.service_topology(settings, ("build.requested",)))
+        topology.declare(ch, topology.service_topology(tester_settings, ("image.built",)))
         watch = ch.queue_declare("", exclusive=True).method.queue
-        for topic in ("image.built", "build.failed"):
+        for topic in ("image.built", "build.failed", "image.tested"):
             ch.queue_bind(watch, settings.exchange, settings.routing_key(topic))
 
-        builder = build_consumer(settings)
-        thread = threading.Thread(target=builder.run, name="builder", daemon=True)
-        thread.start()
-        builder.ready.wait(30)
+        services = [build_consumer(settings), build_tester(tester_settings)]
+        threads = [
+            threading.Thread(target=svc.run, name=name, daemon=True)
+            for svc, name in zip(services, ("builder", "tester"), strict=True)
+        ]
+        for thread in threads:
+            thread.start()
+        for svc in services:
+            svc.ready.wait(30)
 
         url_git, commit = vendor_repo(Path(tmp) / "vendor")
         log.info("vendor repository %s at %s holds examples/node.ks", url_git, commit[:12])
@@ -125,8 +167,10 @@ def run() -> int:
             log.info("   image: %s", art["uri"])
             log.info("   build log: %s", event["log_url"])
 
+            show_tests(ch, watch)
+
             pub.publish(BuildRequestedV1.from_payload(bad))
-            log.info("2) published build.requested with a broken kickstart (rootpw --lokc)")
+            log.info("3) published build.requested with a broken kickstart (rootpw --lokc)")
             topic, event = wait_event(ch, watch, 120)
             log.info(
                 "   %s: stage=%s kickstart_line=%s error=%s",
@@ -139,20 +183,17 @@ def run() -> int:
             body = {**good.model_dump(mode="json"), "stream": "Not A Stream"}
             wrong = BuildRequestedV1(body=body, topic=settings.routing_key("build.requested"))
             pub.publish_raw(settings.exchange, wrong.topic, wrong._encoded_body, wrong._properties)
-            log.info("3) published a build.requested that breaks the contract")
-        deadline = time.monotonic() + 30
-        reason = None
-        while reason is None and time.monotonic() < deadline:
-            method, props, _ = ch.basic_get(settings.dead_letter_queue, auto_ack=True)
-            if method is not None and props is not None:
-                reason = (props.headers or {}).get(REASON_HEADER)
-            else:
-                conn.sleep(0.5)
-        log.info("   dead-lettered to %s: %s", settings.dead_letter_queue, reason)
-        builder.stop()
-        thread.join(60)
+            log.info("4) published a build.requested that breaks the contract")
+        show_dead_letter(ch, settings.dead_letter_queue)
+        for svc in services:
+            svc.stop()
+        for thread in threads:
+            thread.join(60)
         conn.close()
-        log.info("demo done: an image built, a bad kickstart reported, a bad message kept aside")
+        log.info(
+            "demo done: an image built and tested, a bad kickstart reported, "
+            "a bad message kept aside"
+        )
     return 0
 
 
