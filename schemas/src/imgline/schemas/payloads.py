@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 0
+SCHEMA_MINOR = 1  # 1.1: ImageRef.source_commit
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 
 _VERSION_RE = re.compile(r"^(\d+)\.(\d+)$")
@@ -182,6 +182,9 @@ class ImageRef(Model):
     version: Version
     stream: StreamName
     artifact: Artifact
+    source_commit: str | None = Field(
+        default=None, description="git commit the kickstart came from (1.1); the manifest names it"
+    )
 
 
 class TestResult(Model):
@@ -308,6 +311,7 @@ class ImageBuilt(Payload):
             version=self.version,
             stream=self.stream,
             artifact=self.artifact,
+            source_commit=self.source_commit,
         )
 
 
