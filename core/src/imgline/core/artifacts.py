@@ -28,6 +28,7 @@ from typing import BinaryIO
 from pydantic import BaseModel, ConfigDict
 
 from imgline.core.errors import ImglineError
+from imgline.core.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +61,6 @@ class StoredArtifact(BaseModel):
     sha256: str
     size: int
     path: Path
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable: without it the new name can vanish after a crash."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _hash_stream(stream: BinaryIO, sink: BinaryIO | None = None) -> tuple[str, int]:
@@ -182,7 +174,7 @@ class LocalArtifactStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return path
 
     def claim_record(self, namespace: str, key: str, data: bytes) -> bool:
@@ -201,7 +193,7 @@ class LocalArtifactStore:
             return False
         finally:
             tmp.unlink()
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return True
 
     def read_record(self, namespace: str, key: str) -> bytes | None:
@@ -304,7 +296,7 @@ class LocalArtifactStore:
             if exc.errno == errno.ENOSPC:
                 raise ArtifactError(f"no space left under {self.root}: free some") from exc
             raise
-        _fsync_dir(self._objects)
+        fsync_dir(self._objects)
         log.info("stored artifact sha256:%s (%d bytes)", digest, size)
         return self._stored(digest, size)
 

@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
-from imgline.core import logs
+from imgline.core import logs, signing
 from imgline.core.broker import PrivateBroker
 from imgline.core.bus.topology import default_definitions_json
 from imgline.core.errors import ImglineError
@@ -33,6 +33,26 @@ def _definitions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_generate(args: argparse.Namespace) -> int:
+    key = signing.generate_key(args.path)
+    print(
+        f"wrote private key {args.path}: keep it secret, paste the ed25519: line into hosts",
+        file=sys.stderr,
+    )
+    _print_public(key)
+    return 0
+
+
+def _keys_show(args: argparse.Namespace) -> int:
+    _print_public(signing.load_signing_key(args.path))
+    return 0
+
+
+def _print_public(key: signing.SigningKey) -> None:
+    print(f"key id: {key.key_id}")
+    print(key.public_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="imgline", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -43,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("definitions", help="print the RabbitMQ definitions of the pipeline")
     d.add_argument("-o", "--output", help="write to this file instead of stdout")
     d.set_defaults(func=_definitions)
+    k = sub.add_parser("keys", help="manage the Ed25519 keys that sign repository metadata")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    kg = ksub.add_parser("generate", help="create a new private key (never overwrites)")
+    kg.add_argument("path", type=Path, help="where to write the private key (mode 0600)")
+    kg.set_defaults(func=_keys_generate)
+    ks = ksub.add_parser("show", help="print the key id and public key of a private key")
+    ks.add_argument("path", type=Path, help="the private key file")
+    ks.set_defaults(func=_keys_show)
     args = parser.parse_args(argv)
     logs.configure(args.log_level)
     try:

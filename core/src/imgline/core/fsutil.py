@@ -50,3 +50,13 @@ def ensure_dir(path: Path, mode: int = 0o755) -> Path:
     path.mkdir(parents=True, exist_ok=True, mode=mode)
     os.chmod(path, mode)
     return path
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a new name in ``path`` durable (after a rename, link or create): without it the
+    name can vanish after a crash even though the file's data was synced."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
