@@ -1,0 +1,85 @@
+"""``imgline-publisher``: consume image.tested (default), or ``serve`` the repository over HTTP.
+
+Reads the TOML config (``IMGLINE_CONFIG``); wiring only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from imgline.core import logs
+from imgline.core.bus import Consumer
+from imgline.core.config import BusSettings, load_settings
+from imgline.core.errors import ConfigError, ImglineError
+from imgline.core.service import run_service, service_config
+from imgline.core.signing import SigningError, load_signing_key
+from imgline.publisher import http
+from imgline.publisher.adapters.repo import Repository
+from imgline.publisher.handlers import PublishHandler, PublishMetrics
+from imgline.publisher.settings import PublisherConfig
+from imgline.schemas.messages import ImageTestedV1
+
+
+def make_repository(config: PublisherConfig) -> Repository:
+    try:
+        key = load_signing_key(config.signing_key)
+    except SigningError as exc:
+        raise ConfigError(f"signing key: {exc}") from exc
+    return Repository(
+        config.repo_dir,
+        key,
+        config.base_url,
+        keep=config.keep,
+        keep_per_stream=config.keep_per_stream,
+        layout=config.install,
+    )
+
+
+def build_consumer(settings: BusSettings) -> Consumer:
+    """The publisher's consumer with its handler, from validated settings."""
+    config, url = service_config(settings, PublisherConfig)
+    repository = make_repository(config)
+    consumer = Consumer(settings, url)
+    handler = PublishHandler(
+        config,
+        repository,
+        publish=consumer.publisher.publish,
+        topic_prefix=settings.topic_prefix,
+        metrics=PublishMetrics(consumer.metrics.registry),
+    )
+    consumer.on(ImageTestedV1, handler)
+    return consumer
+
+
+def serve(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="imgline-publisher serve")
+    parser.add_argument("--config", type=Path, help="TOML file (default: $IMGLINE_CONFIG)")
+    parser.add_argument("--host", help="default: serve_host from the config")
+    parser.add_argument("--port", type=int, help="default: serve_port from the config")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logs.configure(args.log_level)
+    try:
+        settings = load_settings(BusSettings, args.config, service="publisher")
+        config = PublisherConfig.model_validate(settings.consumer_config)
+    except (ImglineError, ValueError) as exc:
+        print(f"imgline-publisher serve: {exc}", file=sys.stderr)
+        return 2
+    config.repo_dir.mkdir(parents=True, exist_ok=True)
+    http.serve_forever(
+        config.repo_dir, args.host or config.serve_host, args.port or config.serve_port
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["serve"]:
+        return serve(args[1:])
+    return run_service("publisher", __doc__, build_consumer, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Files and network: the repository on disk, HTTP."""

@@ -1,0 +1,91 @@
+"""``install.ks``: the kickstart that installs a release on bare metal with anaconda.
+
+Anaconda's ``liveimg`` copies the image's root file system; the partitioning puts it where the
+updater expects it (DESIGN.md section 5): one volume group ``imgline`` on the whole disk, a thin
+pool, the root as a thin LV named like the updater's first writable layer (``<name>-<version>+1``)
+and ``/var`` as a thin LV shared by all later layers. The text is validated with pykickstart
+before it is published, so a release never ships an install.ks anaconda would refuse.
+"""
+
+from __future__ import annotations
+
+import io
+from contextlib import redirect_stderr
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# pykickstart ships no type hints: these names are Any.
+from pykickstart.errors import KickstartError  # type: ignore[import-untyped]
+from pykickstart.parser import KickstartParser  # type: ignore[import-untyped]
+from pykickstart.version import RHEL9, makeVersion  # type: ignore[import-untyped]
+
+from imgline.publisher.errors import PublisherError
+
+VOLUME_GROUP = "imgline"
+THIN_POOL = "pool00"
+
+
+class InstallLayout(BaseModel):
+    """Sizes in MiB; the pool takes the rest of the disk, so the updater has room for layers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    root_mib: int = Field(default=6144, ge=1024)
+    var_mib: int = Field(default=15360, ge=1024)
+    timezone: str = "Etc/UTC"
+    lang: str = "en_US.UTF-8"
+    keyboard: str = "us"
+
+
+def layer_name(name: str, version: str) -> str:
+    """The updater's name for the first writable layer of a base image (imgbased style)."""
+    return f"{name}-{version}+1"
+
+
+def render(*, name: str, version: str, image_url: str, sha256: str, layout: InstallLayout) -> str:
+    """The install.ks text of one release."""
+    layer = layer_name(name, version)
+    return f"""\
+# imgline install kickstart for {name}-{version}: anaconda installs the signed image below
+# onto LVM thin provisioning, laid out the way imgline-updater applies later releases.
+text
+lang {layout.lang}
+keyboard {layout.keyboard}
+timezone {layout.timezone} --utc
+rootpw --lock
+liveimg --url={image_url} --checksum={sha256}
+
+zerombr
+clearpart --all --initlabel
+reqpart --add-boot
+part pv.01 --size=1 --grow
+volgroup {VOLUME_GROUP} pv.01
+logvol none --vgname={VOLUME_GROUP} --thinpool --name={THIN_POOL} --size=1 --grow
+logvol / --vgname={VOLUME_GROUP} --thin --poolname={THIN_POOL} --name={layer} --fstype=ext4 \
+--size={layout.root_mib} --fsoptions=discard
+logvol /var --vgname={VOLUME_GROUP} --thin --poolname={THIN_POOL} --name=var --fstype=ext4 \
+--size={layout.var_mib} --fsoptions=discard
+bootloader --timeout=1
+reboot
+
+%post --erroronfail
+# Tell imgline-updater which release this host was installed from (it adopts it as the base).
+mkdir -p /var/lib/imgline
+cat > /var/lib/imgline/installed.json <<'JSON'
+{{"name": "{name}", "version": "{version}", "sha256": "{sha256}", "layer": "{layer}"}}
+JSON
+%end
+"""
+
+
+def validate(text: str, syntax: int = RHEL9) -> None:
+    """Parse ``text`` as anaconda would; raise ``PublisherError`` with the line on a problem."""
+    handler = makeVersion(syntax)
+    parser = KickstartParser(handler, missingIncludeIsFatal=True)
+    try:
+        with redirect_stderr(io.StringIO()):
+            parser.readKickstartFromString(text)
+    except KickstartError as exc:
+        raise PublisherError(f"generated install.ks is not valid kickstart: {exc}") from exc
+    if not handler.liveimg.seen or not handler.liveimg.checksum:
+        raise PublisherError("generated install.ks has no liveimg --url/--checksum")

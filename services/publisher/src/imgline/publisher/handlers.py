@@ -1,0 +1,104 @@
+"""``image.tested`` → the signed repository → ``image.published`` (or ``image.rejected``).
+
+Only an image that passed every check and whose bytes still match the tested checksum gets in;
+everything else is rejected with the reason, and nothing of it reaches the repository.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+
+from fedora_messaging import message as fm_message
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from imgline.core.fetch import local_path
+from imgline.core.signing import SigningError
+from imgline.publisher.adapters.repo import Repository
+from imgline.publisher.domain import release
+from imgline.publisher.settings import PublisherConfig
+from imgline.schemas import payloads as p
+from imgline.schemas.messages import ImagePublishedV1, ImageRejectedV1, ImageTestedV1
+
+log = logging.getLogger(__name__)
+
+
+class PublishMetrics:
+    """Dashboard view: releases published and rejected, and each stream's index generation."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.published = Counter(
+            "imgline_images_published", "Releases published", ["stream"], registry=registry
+        )
+        self.rejected = Counter(
+            "imgline_images_rejected", "Images refused", ["stream", "reason"], registry=registry
+        )
+        self.generation = Gauge(
+            "imgline_stream_generation",
+            "Index generation per stream",
+            ["stream"],
+            registry=registry,
+        )
+
+
+class PublishHandler:
+    def __init__(
+        self,
+        config: PublisherConfig,
+        repository: Repository,
+        *,
+        publish: Callable[[fm_message.Message], None],
+        topic_prefix: str,
+        metrics: PublishMetrics,
+    ) -> None:
+        self.config = config
+        self.repo = repository
+        self.publish = publish
+        self.prefix = topic_prefix
+        self.metrics = metrics
+
+    def __call__(self, msg: ImageTestedV1) -> None:
+        tested: p.ImageTested = msg.payload
+        img = tested.image
+        if not tested.passed:
+            self._reject(tested, release.rejection_reason(tested), "tests")
+            return
+        workdir = self.config.work_dir / tested.build_id
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            image_file = local_path(img.artifact.uri, workdir)
+            try:
+                done = self.repo.publish(tested, image_file)
+            except SigningError as exc:  # the artefact changed since it was tested
+                self._reject(tested, f"the image is not the one tested: {exc}", "integrity")
+                return
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        event = p.ImagePublished(
+            build_id=tested.build_id,
+            name=img.name,
+            version=img.version,
+            stream=img.stream,
+            manifest_url=done.manifest_url,
+            manifest_sha256=done.entry.manifest_sha256,
+            image_url=done.image_url,
+            image_sha256=done.entry.image_sha256,
+            image_size=done.entry.image_size,
+            key_id=done.manifest.key_id,
+        )
+        self.publish(ImagePublishedV1.from_payload(event, self.prefix))
+        if done.new:
+            self.metrics.published.labels(img.stream).inc()
+        self.metrics.generation.labels(img.stream).set(done.generation)
+
+    def _reject(self, tested: p.ImageTested, reason: str, kind: str) -> None:
+        log.warning("build_id=%s rejected: %s", tested.build_id, reason)
+        event = p.ImageRejected(
+            build_id=tested.build_id,
+            image=tested.image,
+            reason=reason,
+            failed_checks=[r.name for r in tested.results if r.status in ("failed", "error")],
+        )
+        self.publish(ImageRejectedV1.from_payload(event, self.prefix))
+        self.metrics.rejected.labels(tested.image.stream, kind).inc()

@@ -1,0 +1,35 @@
+"""Publisher settings: the ``[consumer_config]`` table of the service's TOML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from imgline.publisher.domain.installks import InstallLayout
+
+
+class PublisherConfig(BaseModel):
+    """Where the repository lives, how hosts reach it, what it keeps; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    __test__: ClassVar[bool] = False
+
+    repo_dir: Path = Field(default=Path("/var/lib/imgline/repo"))
+    work_dir: Path = Field(
+        default=Path("/var/lib/imgline/publisher-work"), description="downloads of remote artefacts"
+    )
+    base_url: str = Field(
+        default="http://127.0.0.1:8090",
+        pattern=r"^https?://",
+        description="the repository as hosts and anaconda reach it",
+    )
+    signing_key: Path = Field(
+        default=Path("/etc/imgline/signing.key"), description="`imgline keys generate` makes one"
+    )
+    keep: int = Field(default=3, ge=1, description="releases kept per image in each stream")
+    keep_per_stream: dict[str, int] = Field(default_factory=dict)
+    serve_host: str = "127.0.0.1"
+    serve_port: int = Field(default=8090, ge=0, le=65535)
+    install: InstallLayout = InstallLayout()
