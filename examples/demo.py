@@ -200,9 +200,6 @@ def run() -> int:
         conn = pika.BlockingConnection(pika.URLParameters(url))
         ch = conn.channel()
         server, base_url, key, publisher_settings = start_repository(settings)
-        watch = ch.queue_declare("", exclusive=True).method.queue
-        for topic in ("image.built", "build.failed", "image.tested", "image.published"):
-            ch.queue_bind(watch, settings.exchange, settings.routing_key(topic))
         services, threads = start_services(
             ch,
             [
@@ -211,6 +208,10 @@ def run() -> int:
                 (publisher_settings, build_publisher, "image.tested"),
             ],
         )
+        # bound before anything is published (the exchange exists once the services' do)
+        watch = ch.queue_declare("", exclusive=True).method.queue
+        for topic in ("image.built", "build.failed", "image.tested", "image.published"):
+            ch.queue_bind(watch, settings.exchange, settings.routing_key(topic))
 
         url_git, commit = vendor_repo(Path(tmp) / "vendor")
         log.info("vendor repository %s at %s holds examples/node.ks", url_git, commit[:12])
