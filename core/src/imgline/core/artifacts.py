@@ -63,7 +63,7 @@ class StoredArtifact(BaseModel):
     path: Path
 
 
-def _hash_stream(stream: BinaryIO, sink: BinaryIO | None = None) -> tuple[str, int]:
+def hash_stream(stream: BinaryIO, sink: BinaryIO | None = None) -> tuple[str, int]:
     """sha256 and length of ``stream``, copying it to ``sink`` on the way (one read pass)."""
     digest = hashlib.sha256()
     size = 0
@@ -111,7 +111,7 @@ class LocalArtifactStore:
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as sink, src.open("rb") as source:
-                digest, size = _hash_stream(source, sink)
+                digest, size = hash_stream(source, sink)
                 sink.flush()
                 os.fchmod(sink.fileno(), OBJECT_MODE)
                 os.fsync(sink.fileno())
@@ -153,7 +153,7 @@ class LocalArtifactStore:
         path = self.path_for(sha256)
         try:
             with path.open("rb") as stream:
-                actual, _ = _hash_stream(stream)
+                actual, _ = hash_stream(stream)
         except FileNotFoundError:
             return False
         if actual != sha256.lower():
@@ -257,7 +257,7 @@ class LocalArtifactStore:
         os.rename(src, tmp)
         try:
             with tmp.open("rb") as stream:
-                digest, size = _hash_stream(stream)
+                digest, size = hash_stream(stream)
                 os.fchmod(stream.fileno(), OBJECT_MODE)
                 os.fsync(stream.fileno())
             return self._commit(tmp, digest, size)

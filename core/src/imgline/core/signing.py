@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from imgline.core.artifacts import hash_stream
 from imgline.core.errors import ImglineError
 from imgline.core.fsutil import fsync_dir
 
@@ -42,7 +43,6 @@ PUBLIC_PREFIX = f"{ALGORITHM}:"
 KEY_ID_LENGTH = 16
 PUBLIC_KEY_LENGTH = 32
 SIGNATURE_LENGTH = 64
-CHUNK_SIZE = 1 << 20
 KEY_MODE = 0o600
 KEY_DIR_MODE = 0o700
 
@@ -376,14 +376,9 @@ def verify_digest(path: Path, sha256: str, size: int, what: str) -> None:
         raise SigningError(f"cannot read {what} at {path}: {exc.strerror or exc}") from None
     with stream:
         _check_size(os.fstat(stream.fileno()).st_size, size, path, what)
-        digest = hashlib.sha256()
-        actual_size = 0
-        while chunk := stream.read(CHUNK_SIZE):
-            digest.update(chunk)
-            actual_size += len(chunk)
+        actual, actual_size = hash_stream(stream)
     # The file may have changed while being read: trust what was hashed, not the first stat.
     _check_size(actual_size, size, path, what)
-    actual = digest.hexdigest()
     if actual != expected:
         raise SigningError(
             f"{what} ({path}) is corrupt or was replaced: its sha256 is {actual}, "

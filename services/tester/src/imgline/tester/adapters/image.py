@@ -9,7 +9,6 @@ otherwise ``rootfs.img`` is extracted first (slower, same results).
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from imgline.core import liveimg
+from imgline.core.artifacts import hash_stream
 from imgline.core.errors import ImglineError
 from imgline.core.runner import CommandError, require, run
 from imgline.schemas import payloads as p
@@ -28,7 +28,6 @@ from imgline.tester.domain import packages
 from imgline.tester.domain.plan import Expectations
 from imgline.tester.domain.results import CheckResult, Status, skipped
 
-CHUNK = 1 << 20
 _SUPERBLOCK_SIZE = re.compile(r"Filesystem size (\d+) bytes")
 UNIT_DIRS = ("/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system")
 DPKG_STATUS = "/var/lib/dpkg/status"
@@ -87,16 +86,9 @@ def check_size(image: Path, expected: p.Artifact) -> Outcome:
     return "failed", f"the file has {size} bytes, image.built says {expected.size} ({how})"
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_sha256(image: Path, expected: p.Artifact) -> Outcome:
-    digest = sha256_file(image)
+    with image.open("rb") as f:
+        digest, _ = hash_stream(f)
     if digest == expected.sha256:
         return "passed", digest
     return "failed", (
