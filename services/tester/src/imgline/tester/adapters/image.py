@@ -25,7 +25,7 @@ from imgline.core.errors import ImglineError
 from imgline.core.runner import CommandError, require, run
 from imgline.schemas import payloads as p
 from imgline.tester.domain import packages
-from imgline.tester.domain.plan import Expectations
+from imgline.tester.domain.plan import Expectations, has_wildcard
 from imgline.tester.domain.results import CheckResult, Status, skipped
 
 _SUPERBLOCK_SIZE = re.compile(r"Filesystem size (\d+) bytes")
@@ -207,8 +207,8 @@ def check_packages(
 
 def _present(rootfs: Path, paths: tuple[str, ...], log: IO[str] | None) -> dict[str, list[str]]:
     """For each plan path (wildcards allowed in the last part), the image paths matching it."""
-    plain = [x for x in paths if not liveimg_glob(x)]
-    globs = [x for x in paths if liveimg_glob(x)]
+    plain = [x for x in paths if not has_wildcard(x)]
+    globs = [x for x in paths if has_wildcard(x)]
     stats = liveimg.stat_paths(rootfs, plain, log)
     parents = sorted({str(PurePosixPath(g).parent) for g in globs})
     listings = liveimg.list_dirs(rootfs, parents, log)
@@ -218,10 +218,6 @@ def _present(rootfs: Path, paths: tuple[str, ...], log: IO[str] | None) -> dict[
         entries = listings[str(parent)] or []
         found[g] = [str(parent / e.name) for e in entries if fnmatch.fnmatchcase(e.name, pattern)]
     return found
-
-
-def liveimg_glob(path: str) -> bool:
-    return any(c in path for c in "*?[")
 
 
 def check_files(rootfs: Path, expectations: Expectations, log: IO[str] | None) -> Outcome:

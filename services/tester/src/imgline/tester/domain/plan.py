@@ -73,11 +73,16 @@ class BootOverrides(_Strict):
     extra_kernel_args: str | None = None
 
 
+def has_wildcard(path: str) -> bool:
+    """Whether a plan path is a pattern (fnmatch: ``*``, ``?``, ``[...]``)."""
+    return _GLOB.search(path) is not None
+
+
 def _check_path(value: str) -> str:
     path = PurePosixPath(value)
     if not path.is_absolute() or ".." in path.parts:
         raise ValueError(f"{value!r} must be an absolute path inside the image, without '..'")
-    if any(_GLOB.search(part) for part in path.parts[:-1]):
+    if any(has_wildcard(part) for part in path.parts[:-1]):
         raise ValueError(f"{value!r}: wildcards are allowed in the last component only")
     return str(path)
 
