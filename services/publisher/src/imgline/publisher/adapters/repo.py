@@ -126,7 +126,8 @@ class Repository:
                         f"{img.name}-{img.version} is already published from build "
                         f"{existing.build_id}, not {tested.build_id}: versions must be unique"
                     )
-                return self._published(self._read_manifest(existing), existing, index, new=False)
+                manifest, _ = self._load_manifest(existing.name, existing.version)
+                return self._published(manifest, existing, index, new=False)
             manifest, manifest_sha = self._place_release(tested, image_file)
             entry = release.entry(manifest, manifest_sha, self.clock())
             new_index = self._commit_index(img.stream, index, entry)
@@ -155,11 +156,12 @@ class Repository:
             new=new,
         )
 
-    def _read_manifest(self, entry: repo.IndexEntry) -> repo.Manifest:
-        path = self.root / entry.manifest
-        data = path.read_bytes()
-        sig = (self.root / repo.sig_of(repo.manifest_path(entry.name, entry.version))).read_bytes()
-        return repo.verify_manifest(data, sig, self.trusted)
+    def _load_manifest(self, name: str, version: str) -> tuple[repo.Manifest, bytes]:
+        """A published manifest, verified with our key, and its exact bytes."""
+        path = repo.manifest_path(name, version)
+        data = (self.root / path).read_bytes()
+        sig = (self.root / repo.sig_of(path)).read_bytes()
+        return repo.verify_manifest(data, sig, self.trusted), data
 
     def _place_release(self, tested: p.ImageTested, image_file: Path) -> tuple[repo.Manifest, str]:
         """The release directory, complete, in its final place; (manifest, its sha256)."""
@@ -167,12 +169,7 @@ class Repository:
         final = self.root / repo.image_dir(img.name, img.version)
         if final.exists():
             # a crash after the rename but before the index: finish that publish
-            entry_like = repo.manifest_path(img.name, img.version)
-            manifest = repo.verify_manifest(
-                (self.root / entry_like).read_bytes(),
-                (self.root / repo.sig_of(entry_like)).read_bytes(),
-                self.trusted,
-            )
+            manifest, data = self._load_manifest(img.name, img.version)
             if manifest.build_id != tested.build_id:
                 raise PublisherError(
                     f"{final} holds build {manifest.build_id}, not {tested.build_id}, and no "
@@ -181,7 +178,6 @@ class Repository:
             verify_digest(
                 self.root / manifest.image.path, img.artifact.sha256, img.artifact.size, "image"
             )
-            data = (self.root / entry_like).read_bytes()
             return manifest, _sha256_bytes(data)
         final.parent.mkdir(parents=True, exist_ok=True)
         stage = final.with_name(f"{TMP_PREFIX}{img.version}-{os.getpid()}")
@@ -291,7 +287,6 @@ class Repository:
                     shutil.rmtree(leftover)
                 else:
                     leftover.unlink()
-        self._prune_generations()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
