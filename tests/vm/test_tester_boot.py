@@ -12,6 +12,7 @@ import subprocess
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bushelpers import service_process
@@ -74,9 +75,11 @@ def test_node_image_passes_every_check_through_the_broker(
     assert suite is not None and suite.get("failures") == "0"
 
 
-def break_initramfs(built: p.ImageBuilt, store: LocalArtifactStore, work: Path) -> Path:
+def break_initramfs(
+    built: p.ImageBuilt, store: LocalArtifactStore, work: Path
+) -> tuple[Path, dict[str, Any]]:
     """The same image, but its initramfs cut to a quarter: what a full disk during dracut or
-    an interrupted copy leaves behind."""
+    an interrupted copy leaves behind. Returns it with its (unchanged) image.json."""
     image = store.path_for(built.artifact.sha256)
     rootfs = liveimg.extract_rootfs(image, work / "x")
     meta = json.loads(liveimg.read_file(rootfs, "/usr/lib/imgline/image.json"))
@@ -86,14 +89,12 @@ def break_initramfs(built: p.ImageBuilt, store: LocalArtifactStore, work: Path) 
     requests = f"rm {meta['initrd']}\nwrite {cut} {meta['initrd']}\n"
     subprocess.run(["debugfs", "-w", "-f", "-", str(rootfs)], input=requests, text=True, check=True)
     assert len(liveimg.read_file(rootfs, meta["initrd"])) == len(initrd) // 4
-    return liveimg.make_squashfs(rootfs, work / "broken.squashfs")
+    return liveimg.make_squashfs(rootfs, work / "broken.squashfs"), meta
 
 
 def test_broken_initramfs_fails_the_boot_check(node_image: NodeImage, tmp_path: Path) -> None:
     built, store = node_image
-    broken = break_initramfs(built, store, tmp_path)
-    rootfs = liveimg.extract_rootfs(broken, tmp_path / "y")
-    meta = json.loads(liveimg.read_file(rootfs, "/usr/lib/imgline/image.json"))
+    broken, meta = break_initramfs(built, store, tmp_path)
     plan = BootPlan(marker="IMGLINE-PAYLOAD-READY", timeout_seconds=600)
     work = tmp_path / "boot"
     work.mkdir()
