@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imgline.core.artifacts import ArtifactError, LocalArtifactStore, StoredArtifact
+from imgline.core.artifacts import ArtifactError, LocalArtifactStore, StoredArtifact, verify_digest
 
 pytestmark = pytest.mark.unit
 
@@ -217,3 +217,48 @@ def test_reading_needs_no_write_access(tmp_path: Path) -> None:
 def test_stored_artifact_rejects_unknown_fields() -> None:
     with pytest.raises(ValueError, match="extra"):
         StoredArtifact(uri="file:///x", sha256=DIGEST, size=1, path=Path("/x"), extra=1)  # type: ignore[call-arg]
+
+
+# --- verify_digest ---------------------------------------------------------------------------
+
+IMAGE = bytes(range(256)) * 10_000  # > 2 MiB: several chunks
+IMAGE_SHA = hashlib.sha256(IMAGE).hexdigest()
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "root.img"
+    path.write_bytes(IMAGE)
+    return path
+
+
+def test_verify_digest_ok(image: Path) -> None:
+    verify_digest(image, IMAGE_SHA, len(IMAGE), "root image")
+    verify_digest(image, IMAGE_SHA.upper(), len(IMAGE), "root image")
+
+
+def test_verify_digest_truncated(image: Path) -> None:
+    image.write_bytes(IMAGE[:-100])
+    with pytest.raises(ArtifactError, match=r"root image \(.*\) is truncated: .*100 bytes missing"):
+        verify_digest(image, IMAGE_SHA, len(IMAGE), "root image")
+
+
+def test_verify_digest_extended(image: Path) -> None:
+    image.write_bytes(IMAGE + b"xyz")
+    with pytest.raises(ArtifactError, match="is 3 bytes longer than expected"):
+        verify_digest(image, IMAGE_SHA, len(IMAGE), "root image")
+
+
+def test_verify_digest_bit_flipped(image: Path) -> None:
+    flipped = bytearray(IMAGE)
+    flipped[len(IMAGE) // 2] ^= 0x10
+    image.write_bytes(bytes(flipped))
+    with pytest.raises(ArtifactError, match=rf"corrupt or was replaced: .*expected {IMAGE_SHA}"):
+        verify_digest(image, IMAGE_SHA, len(IMAGE), "root image")
+
+
+def test_verify_digest_missing_and_malformed(tmp_path: Path, image: Path) -> None:
+    with pytest.raises(ArtifactError, match="root image is missing"):
+        verify_digest(tmp_path / "absent.img", IMAGE_SHA, len(IMAGE), "root image")
+    with pytest.raises(ArtifactError, match="malformed"):
+        verify_digest(image, "abc", len(IMAGE), "root image")

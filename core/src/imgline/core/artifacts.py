@@ -329,3 +329,42 @@ class LocalArtifactStore:
     def _record_path(self, namespace: str, key: str) -> Path:
         ns = self._check_name("namespace", namespace, namespace=True)
         return self.root / ns / self._check_name("key", key)
+
+
+def verify_digest(path: Path, sha256: str, size: int, what: str) -> None:
+    """Check a large file against the digest and size a signed manifest gave for it.
+
+    Size first: a truncated download is the common failure and needs no full read to detect.
+    """
+    expected = sha256.lower()
+    if not _DIGEST.fullmatch(expected):
+        raise ArtifactError(f"expected sha256 for {what} is malformed: {sha256!r}")
+    try:
+        stream = path.open("rb")
+    except FileNotFoundError:
+        raise ArtifactError(f"{what} is missing: {path} does not exist") from None
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {what} at {path}: {exc.strerror or exc}") from None
+    with stream:
+        _check_size(os.fstat(stream.fileno()).st_size, size, path, what)
+        actual, actual_size = hash_stream(stream)
+    # The file may have changed while being read: trust what was hashed, not the first stat.
+    _check_size(actual_size, size, path, what)
+    if actual != expected:
+        raise ArtifactError(
+            f"{what} ({path}) is corrupt or was replaced: its sha256 is {actual}, "
+            f"expected {expected}; fetch it again"
+        )
+
+
+def _check_size(actual: int, expected: int, path: Path, what: str) -> None:
+    if actual < expected:
+        raise ArtifactError(
+            f"{what} ({path}) is truncated: {actual} bytes, expected {expected} "
+            f"({expected - actual} bytes missing); fetch it again"
+        )
+    if actual > expected:
+        raise ArtifactError(
+            f"{what} ({path}) is {actual - expected} bytes longer than expected "
+            f"({actual} bytes, expected {expected}); fetch it again"
+        )
