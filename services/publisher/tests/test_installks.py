@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from imgline.publisher.domain.installks import InstallLayout, layer_name, render, validate
@@ -9,14 +13,26 @@ from imgline.publisher.errors import PublisherError
 
 pytestmark = pytest.mark.unit
 
-URL = "http://repo.example/images/node/20261123.1/node-20261123.1.squashfs.img"
 SHA = "ab" * 32
+URL = f"http://repo.example/targets/stable/node/20261123.1/{SHA}.node-20261123.1.squashfs.img"
+ROOT = b'{"signed": {"_type": "root", "note": "it\'s here\\nROOT\\n"}, "signatures": []}'
+
+
+def make(name: str = "node", version: str = "20261123.1", **kw: object) -> str:
+    args: dict[str, object] = {
+        "stream": "stable",
+        "image_url": URL,
+        "sha256": SHA,
+        "repository_url": "http://repo.example/",
+        "root_metadata": ROOT,
+        "layout": InstallLayout(),
+    }
+    args.update(kw)
+    return render(name=name, version=version, **args)  # type: ignore[arg-type]
 
 
 def test_rendered_kickstart_is_valid_and_installs_the_image_on_thin_lvm() -> None:
-    text = render(
-        name="node", version="20261123.1", image_url=URL, sha256=SHA, layout=InstallLayout()
-    )
+    text = make()
     validate(text)
     assert f"liveimg --url={URL} --checksum={SHA}" in text
     assert "--thinpool --name=pool00" in text
@@ -27,10 +43,24 @@ def test_rendered_kickstart_is_valid_and_installs_the_image_on_thin_lvm() -> Non
 
 def test_layout_sizes_are_used() -> None:
     layout = InstallLayout(root_mib=8192, var_mib=4096, timezone="Europe/Prague")
-    text = render(name="a", version="1", image_url=URL, sha256=SHA, layout=layout)
+    text = make("a", "1", layout=layout)
     validate(text)
     assert "--size=8192" in text and "--size=4096" in text
     assert "timezone Europe/Prague --utc" in text
+
+
+def test_post_pins_the_root_byte_for_byte(tmp_path: Path) -> None:
+    """The %post script, run by a shell, writes exactly the root it was given (quotes,
+    backslashes and a line that would end a naive here-document included)."""
+    text = make()
+    post = text.split("%post --erroronfail\n", 1)[1].split("%end", 1)[0]
+    script = post.replace("/var/lib/imgline", str(tmp_path))
+    subprocess.run(["sh", "-e", "-c", script], check=True)
+    assert (tmp_path / "tuf" / "metadata" / "root.json").read_bytes() == ROOT
+    repo = json.loads((tmp_path / "tuf" / "repository.json").read_text())
+    assert repo == {"url": "http://repo.example/", "stream": "stable"}
+    installed = json.loads((tmp_path / "installed.json").read_text())
+    assert installed["layer"] == "node-20261123.1+1" and installed["sha256"] == SHA
 
 
 def test_layer_name_matches_the_updater_convention() -> None:

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 1  # 1.1: ImageRef.source_commit
+SCHEMA_MINOR = 2  # 1.1: ImageRef.source_commit; 1.2: ImagePublished names its TUF targets
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 
 _VERSION_RE = re.compile(r"^(\d+)\.(\d+)$")
@@ -349,6 +349,14 @@ class ImageRejected(Payload):
     failed_checks: list[str] = Field(default_factory=list)
 
 
+class PublishedTargets(Model):
+    """TUF target paths of one release."""
+
+    image: str = Field(min_length=1)
+    manifest: str = Field(min_length=1)
+    install_ks: str = Field(min_length=1)
+
+
 class ImagePublished(Payload):
     """An image is in the signed repository; hosts on its stream may apply it."""
 
@@ -363,7 +371,17 @@ class ImagePublished(Payload):
     image_url: str = Field(min_length=1)
     image_sha256: Sha256Hex
     image_size: int = Field(ge=0)
-    key_id: str = Field(min_length=1, description="id of the Ed25519 key that signed it")
+    key_id: str = Field(
+        min_length=1, description="key id(s) of the stream's signing role (16 hex, comma-separated)"
+    )
+    # 1.2: the release as the signed (TUF) repository names it. Hosts verify with these, never
+    # with the URLs above: the message is a hint to refresh, not a proof.
+    repository_url: str | None = Field(default=None, description="base of metadata/ and targets/")
+    targets: PublishedTargets | None = None
+    role: str | None = Field(default=None, description="the stream's delegated targets role")
+    role_version: int | None = Field(default=None, ge=1)
+    snapshot_version: int | None = Field(default=None, ge=1)
+    timestamp_version: int | None = Field(default=None, ge=1)
 
 
 class HostEvent(Payload):

@@ -1,1 +1,1 @@
-"""imgline publisher service (see ../shared/DESIGN.md section 2); built in its own issue."""
+"""imgline publisher service: tested images into the signed TUF repository (docs/repository.md)."""

@@ -6,7 +6,9 @@ Reads the TOML config (``IMGLINE_CONFIG``); wiring only.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import threading
 from pathlib import Path
 
 from imgline.core import logs
@@ -14,27 +16,57 @@ from imgline.core.bus import Consumer
 from imgline.core.config import BusSettings, load_settings
 from imgline.core.errors import ConfigError, ImglineError
 from imgline.core.service import run_service, service_config
-from imgline.core.signing import SigningError, load_signing_key
+from imgline.core.trust.keys import KeyDir
 from imgline.publisher import http
 from imgline.publisher.adapters.repo import Repository
 from imgline.publisher.handlers import PublishHandler, PublishMetrics
 from imgline.publisher.settings import PublisherConfig
 from imgline.schemas.messages import ImageTestedV1
 
+log = logging.getLogger(__name__)
+
 
 def make_repository(config: PublisherConfig) -> Repository:
+    """The repository, checked to exist, verify and be signable before anything is consumed."""
     try:
-        key = load_signing_key(config.signing_key)
-    except SigningError as exc:
-        raise ConfigError(f"signing key: {exc}") from exc
-    return Repository(
-        config.repo_dir,
-        key,
-        config.base_url,
-        keep=config.keep,
-        keep_per_stream=config.keep_per_stream,
-        layout=config.install,
-    )
+        repo = Repository(
+            config.repo_dir,
+            KeyDir(config.keys_dir),
+            config.base_url,
+            keep=config.keep,
+            keep_per_stream=config.keep_per_stream,
+            layout_=config.install,
+            expiry=config.expiry,
+        )
+        repo.refresh()  # fails now, with the reason, if a key is missing or unreadable
+    except ImglineError as exc:
+        raise ConfigError(f"repository: {exc}") from exc
+    return repo
+
+
+class RefreshTimer:
+    """Re-signs what is due on a timer, so hosts never meet an expired timestamp while the
+    publisher runs; a failed run is logged and retried at the next tick."""
+
+    def __init__(self, repository: Repository, interval: float) -> None:
+        self.repository = repository
+        self.interval = interval
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="tuf-refresh", daemon=True)
+
+    def start(self) -> RefreshTimer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                self.repository.refresh()
+            except Exception:
+                log.exception("re-signing the repository failed; retrying in %ss", self.interval)
 
 
 def build_consumer(settings: BusSettings) -> Consumer:
@@ -42,6 +74,7 @@ def build_consumer(settings: BusSettings) -> Consumer:
     config, url = service_config(settings, PublisherConfig)
     repository = make_repository(config)
     consumer = Consumer(settings, url)
+    RefreshTimer(repository, config.refresh_interval_seconds).start()
     handler = PublishHandler(
         config,
         repository,

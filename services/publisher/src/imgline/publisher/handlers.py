@@ -14,9 +14,9 @@ from fedora_messaging import message as fm_message
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from imgline.core.fetch import local_path
-from imgline.core.signing import SigningError
-from imgline.publisher.adapters.repo import Repository
+from imgline.publisher.adapters.repo import Repository, published_event_fields
 from imgline.publisher.domain import release
+from imgline.publisher.errors import IntegrityError, RetiredError
 from imgline.publisher.settings import PublisherConfig
 from imgline.schemas import payloads as p
 from imgline.schemas.messages import ImagePublishedV1, ImageRejectedV1, ImageTestedV1
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class PublishMetrics:
-    """Dashboard view: releases published and rejected, and each stream's index generation."""
+    """Dashboard view: releases published and rejected, and the metadata versions and expiry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.published = Counter(
@@ -34,9 +34,9 @@ class PublishMetrics:
         self.rejected = Counter(
             "imgline_images_rejected", "Images refused", ["stream", "reason"], registry=registry
         )
-        self.generation = Gauge(
-            "imgline_stream_generation",
-            "Index generation per stream",
+        self.role_version = Gauge(
+            "imgline_stream_role_version",
+            "Version of each stream's signed targets role",
             ["stream"],
             registry=registry,
         )
@@ -70,8 +70,11 @@ class PublishHandler:
             image_file = local_path(img.artifact.uri, workdir)
             try:
                 done = self.repo.publish(tested, image_file)
-            except SigningError as exc:  # the artefact changed since it was tested
-                self._reject(tested, f"the image is not the one tested: {exc}", "integrity")
+            except IntegrityError as exc:  # the artefact changed since it was tested
+                self._reject(tested, str(exc), "integrity")
+                return
+            except RetiredError as exc:  # a very late redelivery: nothing left to announce
+                log.warning("build_id=%s %s", tested.build_id, exc)
                 return
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -80,17 +83,12 @@ class PublishHandler:
             name=img.name,
             version=img.version,
             stream=img.stream,
-            manifest_url=done.manifest_url,
-            manifest_sha256=done.entry.manifest_sha256,
-            image_url=done.image_url,
-            image_sha256=done.entry.image_sha256,
-            image_size=done.entry.image_size,
-            key_id=done.manifest.key_id,
+            **published_event_fields(self.repo, done),  # type: ignore[arg-type]
         )
         self.publish(ImagePublishedV1.from_payload(event, self.prefix))
         if done.new:
             self.metrics.published.labels(img.stream).inc()
-        self.metrics.generation.labels(img.stream).set(done.generation)
+        self.metrics.role_version.labels(img.stream).set(done.role_version)
 
     def _reject(self, tested: p.ImageTested, reason: str, kind: str) -> None:
         log.warning("build_id=%s rejected: %s", tested.build_id, reason)

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from imgline.core.trust.layout import Expiry
 from imgline.publisher.domain.installks import InstallLayout
 
 
@@ -25,8 +26,15 @@ class PublisherConfig(BaseModel):
         pattern=r"^https?://",
         description="the repository as hosts and anaconda reach it",
     )
-    signing_key: Path = Field(
-        default=Path("/etc/imgline/signing.key"), description="`imgline keys generate` makes one"
+    keys_dir: Path = Field(
+        default=Path("/etc/imgline/keys"),
+        description="online keys (targets, snapshot, timestamp, streams); `imgline repo init`",
+    )
+    expiry: Expiry = Expiry()
+    refresh_interval_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="how often the service re-signs what is due (the timestamp above all)",
     )
     keep: int = Field(default=3, ge=1, description="releases kept per image in each stream")
     keep_per_stream: dict[str, int] = Field(default_factory=dict)

@@ -1,113 +1,186 @@
-"""The repository on disk, written so that a reader never sees a half-done publish.
+"""Publishing a release into the TUF repository, so that a reader never sees half of it.
 
-* A release is staged in a dot-directory next to its final place and renamed into place only
-  when the image, manifest, signature and install.ks are complete and synced.
-* A stream's ``index.json`` and ``index.json.sig`` live in a generation directory
-  (``streams/.<stream>.gen-<n>/``); ``streams/<stream>`` is a symlink to the current one and is
-  swapped with one atomic rename, so the index and its signature always change together.
-* Old files go only after the new index is in place, and only when no index lists them.
-* One publisher at a time per repository (an flock); dot-files left by a crash are removed by
-  the next publish. A crash at any point leaves the previous state readable and verifiable.
+One publish, under the repository lock:
 
-``crash`` is a test hook called between the steps above.
+1. the ledger claims ``name/version`` for this build (every name/version ever published is
+   remembered, so none comes back with other content);
+2. the image is checked against the tested sha256 and size, then hard-linked (or copied) to
+   its content-addressed target file; manifest.json and install.ks are written the same way;
+3. the stream's role gets the three targets and a new ``releases.json``; retention drops the
+   oldest releases from the list;
+4. one commit signs the stream role, a snapshot and a timestamp, the timestamp last: that
+   rename is the moment the release appears;
+5. the ledger marks the release published; files no longer listed are queued, and deleted
+   only after every snapshot that may list them has expired.
+
+A crash anywhere before 4 leaves the previous release list in force and unreferenced files
+behind (``.tmp-*`` ones are removed by the next publish); a redelivery of the same build
+finishes the publish. ``crash`` is a test hook called between the steps.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
-from imgline.core import repository as repo
+from pydantic import BaseModel, ConfigDict, ValidationError
+from tuf.api.metadata import TargetFile, Targets
+
+from imgline.core.artifacts import ArtifactError, verify_digest
 from imgline.core.fsutil import fsync_dir
-from imgline.core.signing import SigningError, SigningKey, verify_digest
+from imgline.core.trust import layout
+from imgline.core.trust.errors import TrustError
+from imgline.core.trust.keys import KeyDir
+from imgline.core.trust.repository import TMP_PREFIX, State, TufRepository
 from imgline.publisher.domain import installks, release, retention
-from imgline.publisher.errors import PublisherError
+from imgline.publisher.errors import IntegrityError, PublisherError, RetiredError
 from imgline.schemas import payloads as p
 
 log = logging.getLogger(__name__)
 
-TMP_PREFIX = ".tmp-"
-GEN_INFIX = ".gen-"
-KEEP_GENERATIONS = 2  # the current index and the one before, for readers mid-download
+
+class LedgerRecord(BaseModel):
+    """What the repository remembers of a name/version, forever."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    version: str
+    stream: str
+    build_id: str
+    image_sha256: str
+    image_size: int
+    state: Literal["claimed", "published"]
+    manifest: layout.Manifest | None = None
+
+
+class Ledger:
+    """``.state/ledger/<name>/<version>.json``: one small file per release, so checking and
+    recording cost the same with ten releases or ten thousand."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _path(self, name: str, version: str) -> Path:
+        return self.directory / name / f"{version}.json"
+
+    def get(self, name: str, version: str) -> LedgerRecord | None:
+        path = self._path(name, version)
+        try:
+            return LedgerRecord.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValidationError as exc:
+            raise PublisherError(f"ledger entry {path} is damaged: {exc}") from None
+
+    def put(self, record: LedgerRecord) -> None:
+        path = self._path(record.name, record.version)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write(path, record.model_dump_json().encode(), atomic=True)
 
 
 @dataclass(frozen=True)
 class Published:
     """Where a release is, as image.published reports it."""
 
-    manifest: repo.Manifest
-    entry: repo.IndexEntry
-    manifest_url: str
-    image_url: str
-    generation: int
+    manifest: layout.Manifest
+    manifest_sha256: str
+    role: str
+    key_ids: list[str]
+    role_version: int
+    snapshot_version: int
+    timestamp_version: int
     new: bool  # False when the release was already published (a redelivery)
 
 
-def _write(path: Path, data: bytes) -> None:
-    with path.open("wb") as f:
+def _write(path: Path, data: bytes, *, atomic: bool = False) -> None:
+    target = path.with_name(f"{TMP_PREFIX}{path.name}") if atomic else path
+    with target.open("wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    if atomic:
+        os.replace(target, path)
 
 
 class Repository:
-    """A signed repository rooted at ``root`` and served at ``base_url``."""
+    """The publisher's view of a TUF repository at ``root`` served at ``base_url``."""
 
     def __init__(
         self,
         root: Path,
-        key: SigningKey,
+        keys: KeyDir,
         base_url: str,
         *,
         keep: int = 3,
         keep_per_stream: Mapping[str, int] | None = None,
-        layout: installks.InstallLayout | None = None,
-        clock: Callable[[], datetime] = repo.now,
+        layout_: installks.InstallLayout | None = None,
+        expiry: layout.Expiry | None = None,
+        clock: Callable[[], datetime] = layout.now,
         crash: Callable[[str], None] = lambda step: None,
     ) -> None:
         self.keep_per_stream = dict(keep_per_stream or {})
         if min([keep, *self.keep_per_stream.values()]) < 1:
             raise PublisherError("retention must keep at least one release per image")
+        self.tuf = TufRepository(root, keys, expiry=expiry, clock=clock)
+        if not self.tuf.exists():
+            raise PublisherError(
+                f"no repository at {root}: create it once with "
+                f"`imgline repo init {root} --keys {keys.directory} --root-keys <offline dir>`"
+            )
         self.root = root
-        self.key = key
-        self.trusted = {key.key_id: key.public_key}
-        self.base_url = base_url
+        self.base_url = base_url.rstrip("/") + "/"
         self.keep = keep
-        self.layout = layout or installks.InstallLayout()
+        self.layout = layout_ or installks.InstallLayout()
         self.clock = clock
         self.crash = crash
-        for sub in ("images", "streams"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
+        self.ledger = Ledger(self.tuf.state_dir / "ledger")
+
+    @property
+    def targets_url(self) -> str:
+        return self.base_url + layout.TARGETS_DIR + "/"
+
+    @property
+    def metadata_url(self) -> str:
+        return self.base_url + layout.METADATA_DIR + "/"
+
+    def url_of(self, target: str, sha256: str) -> str:
+        return self.targets_url + layout.hashed_path(target, sha256)
 
     # --- reading ----------------------------------------------------------------------------
 
-    def read_index(self, stream: str) -> repo.StreamIndex | None:
-        """The stream's current index, verified with our own key; ``None`` before the first."""
-        path = self.root / repo.index_path(stream)
-        if not path.exists():
-            return None
-        data = path.read_bytes()
-        sig = (self.root / repo.sig_of(repo.index_path(stream))).read_bytes()
+    def load(self) -> State:
         try:
-            return repo.verify_index(data, sig, self.trusted, stream)
-        except (SigningError, repo.RepositoryError) as exc:
+            return self.tuf.load()
+        except TrustError as exc:
             raise PublisherError(
-                f"the published index of stream {stream!r} does not verify ({exc}); "
-                "refusing to publish over it: restore it or remove the stream"
+                f"the repository at {self.root} does not verify ({exc}); refusing to publish "
+                "over it: restore it from backup"
             ) from exc
 
-    def streams(self) -> list[str]:
-        return sorted(
-            p.name for p in (self.root / "streams").iterdir() if not p.name.startswith(".")
-        )
+    def releases(self, state: State, stream: str) -> layout.ReleaseIndex:
+        """The stream's current release list, as signed (read from our own disk, checked
+        against the hash its role lists)."""
+        role = state.role(layout.stream_role(stream))
+        info = role.signed.targets.get(layout.releases_target(stream)) if role else None
+        if info is None:
+            return layout.ReleaseIndex(stream=stream)
+        data = self._target_bytes(info)
+        return layout.ReleaseIndex.model_validate_json(data)
+
+    def _target_bytes(self, info: TargetFile) -> bytes:
+        path = self.tuf.targets_dir / layout.hashed_path(info.path, info.hashes["sha256"])
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != info.hashes["sha256"]:
+            raise PublisherError(f"{path} does not match its signed hash: restore it")
+        return data
 
     # --- publishing -------------------------------------------------------------------------
 
@@ -116,197 +189,202 @@ class Repository:
         if not tested.passed:
             raise PublisherError(f"build {tested.build_id} did not pass its tests: not published")
         img = tested.image
-        with self._locked():
+        with self.tuf.locked():
             self._clean_leftovers()
-            index = self.read_index(img.stream)
-            existing = index.find(img.name, img.version) if index else None
-            if existing is not None and index is not None:
-                if existing.build_id != tested.build_id:
-                    raise PublisherError(
-                        f"{img.name}-{img.version} is already published from build "
-                        f"{existing.build_id}, not {tested.build_id}: versions must be unique"
-                    )
-                manifest, _ = self._load_manifest(existing.name, existing.version)
-                return self._published(manifest, existing, index, new=False)
-            manifest, manifest_sha = self._place_release(tested, image_file)
-            entry = release.entry(manifest, manifest_sha, self.clock())
-            new_index = self._commit_index(img.stream, index, entry)
-            self.crash("index_committed")
-            self._collect_garbage()
+            record = self.ledger.get(img.name, img.version)
+            if record is not None and record.build_id != tested.build_id:
+                raise PublisherError(
+                    f"{img.name}-{img.version} was published from build {record.build_id}, not "
+                    f"{tested.build_id}: a version is never reused, build a new one"
+                )
+            state = self.load()
+            if record is not None and record.state == "published" and record.manifest:
+                return self._describe(state, record.manifest, new=False)
+            claim = LedgerRecord(
+                name=img.name,
+                version=img.version,
+                stream=img.stream,
+                build_id=tested.build_id,
+                image_sha256=img.artifact.sha256,
+                image_size=img.artifact.size,
+                state="claimed",
+            )
+            self.ledger.put(claim)
+            manifest = release.manifest(tested, self.clock())
+            changed: dict[str, Targets] = {}
+            role = self.tuf.ensure_stream(state, img.stream, changed)
+            self._place_release(state, tested, manifest, image_file, role)
+            self.crash("targets_placed")
+            commit = self.tuf.commit(state, changed)
+            self.crash("committed")
+            self.ledger.put(claim.model_copy(update={"state": "published", "manifest": manifest}))
+            self.tuf.collect_garbage()
             log.info(
-                "published %s-%s to stream %s (index generation %d)",
+                "published %s-%s to stream %s (%s v%d, snapshot v%d, timestamp v%d)",
                 img.name,
                 img.version,
                 img.stream,
-                new_index.generation,
+                layout.stream_role(img.stream),
+                commit.versions[layout.stream_role(img.stream)],
+                commit.snapshot_version,
+                commit.timestamp_version,
             )
-            return self._published(manifest, entry, new_index, new=True)
+            return self._describe(state, manifest, new=True)
 
-    def _published(
-        self, manifest: repo.Manifest, entry: repo.IndexEntry, index: repo.StreamIndex, *, new: bool
-    ) -> Published:
+    def _describe(self, state: State, manifest: layout.Manifest, *, new: bool) -> Published:
+        role = layout.stream_role(manifest.stream)
+        md = state.role(role)
+        path = layout.manifest_target(manifest.stream, manifest.name, manifest.version)
+        info = md.signed.targets.get(path) if md else None
+        if md is None or info is None:
+            raise RetiredError(
+                f"{manifest.name}-{manifest.version} is recorded as published but its stream "
+                f"role no longer lists it (retention dropped it): nothing to announce again"
+            )
+        delegations = state.top.delegations
+        spec = delegations.roles.get(role) if delegations and delegations.roles else None
         return Published(
             manifest=manifest,
-            entry=entry,
-            manifest_url=repo.join_url(
-                self.base_url, repo.manifest_path(entry.name, entry.version)
-            ),
-            image_url=repo.join_url(self.base_url, repo.image_path(entry.name, entry.version)),
-            generation=index.generation,
+            manifest_sha256=info.hashes["sha256"],
+            role=role,
+            key_ids=list(spec.keyids) if spec else [],
+            role_version=md.signed.version,
+            snapshot_version=state.snapshot.signed.version,
+            timestamp_version=state.timestamp.signed.version,
             new=new,
         )
 
-    def _load_manifest(self, name: str, version: str) -> tuple[repo.Manifest, bytes]:
-        """A published manifest, verified with our key, and its exact bytes."""
-        path = repo.manifest_path(name, version)
-        data = (self.root / path).read_bytes()
-        sig = (self.root / repo.sig_of(path)).read_bytes()
-        return repo.verify_manifest(data, sig, self.trusted), data
-
-    def _place_release(self, tested: p.ImageTested, image_file: Path) -> tuple[repo.Manifest, str]:
-        """The release directory, complete, in its final place; (manifest, its sha256)."""
+    def _place_release(
+        self,
+        state: State,
+        tested: p.ImageTested,
+        manifest: layout.Manifest,
+        image_file: Path,
+        role: Targets,
+    ) -> None:
+        """Write the release's target files and list them (and the new index) in ``role``."""
         img = tested.image
-        final = self.root / repo.image_dir(img.name, img.version)
-        if final.exists():
-            # a crash after the rename but before the index: finish that publish
-            manifest, data = self._load_manifest(img.name, img.version)
-            if manifest.build_id != tested.build_id:
-                raise PublisherError(
-                    f"{final} holds build {manifest.build_id}, not {tested.build_id}, and no "
-                    "index lists it: remove it by hand if it is garbage"
-                )
-            verify_digest(
-                self.root / manifest.image.path, img.artifact.sha256, img.artifact.size, "image"
-            )
-            return manifest, _sha256_bytes(data)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        stage = final.with_name(f"{TMP_PREFIX}{img.version}-{os.getpid()}")
-        shutil.rmtree(stage, ignore_errors=True)
-        stage.mkdir()
-        image_name = repo.image_path(img.name, img.version).name
-        _link_or_copy(image_file, stage / image_name)
-        verify_digest(stage / image_name, img.artifact.sha256, img.artifact.size, "image")
-        self.crash("image_copied")
-        manifest = release.manifest(tested, self.key.key_id, self.clock())
-        data = repo.canonical_bytes(manifest)
-        _write(stage / "manifest.json", data)
-        _write(stage / "manifest.json.sig", self.key.sign(data).to_bytes())
+        try:
+            verify_digest(image_file, img.artifact.sha256, img.artifact.size, "image")
+        except ArtifactError as exc:
+            raise IntegrityError(f"the image is not the one tested: {exc}") from exc
+        image = TargetFile(
+            img.artifact.size,
+            {"sha256": img.artifact.sha256},
+            manifest.image,
+            {"imgline": {"name": img.name, "version": img.version, "build_id": tested.build_id}},
+        )
+        self._link_target(image, image_file)
+        self.crash("image_linked")
+        manifest_bytes = layout.canonical_bytes(manifest)
         ks = installks.render(
             name=img.name,
             version=img.version,
-            image_url=repo.join_url(self.base_url, repo.image_path(img.name, img.version)),
+            stream=img.stream,
+            image_url=self.url_of(manifest.image, img.artifact.sha256),
             sha256=img.artifact.sha256,
+            repository_url=self.base_url,
+            root_metadata=self.tuf.root_bytes(),
             layout=self.layout,
         )
         installks.validate(ks)
-        _write(stage / "install.ks", ks.encode())
-        fsync_dir(stage)
-        self.crash("release_staged")
-        stage.rename(final)
-        fsync_dir(final.parent)
-        self.crash("release_in_place")
-        return manifest, _sha256_bytes(data)
-
-    def _commit_index(
-        self, stream: str, index: repo.StreamIndex | None, entry: repo.IndexEntry
-    ) -> repo.StreamIndex:
-        """Write the next index generation and switch the stream to it in one rename."""
-        releases = [entry, *(index.releases if index else [])]
-        kept, dropped = retention.keep_newest(releases, self.keep_per_stream.get(stream, self.keep))
+        stream_dir = layout.release_dir(img.stream, img.name, img.version)
+        for path, data in (
+            (f"{stream_dir}/{layout.MANIFEST}", manifest_bytes),
+            (manifest.install_ks, ks.encode()),
+        ):
+            role.targets[path] = self._write_target(path, data)
+        role.targets[manifest.image] = image
+        current = self.releases(state, img.stream)
+        listed = [release.entry(manifest), *current.releases]
+        keep = self.keep_per_stream.get(img.stream, self.keep)
+        kept, dropped = retention.keep_newest(listed, keep)
+        retired: list[str] = []
         for gone in dropped:
-            log.info("retention: %s-%s leaves stream %s", gone.name, gone.version, stream)
-        new = repo.StreamIndex(
-            stream=stream,
-            generation=(index.generation if index else 0) + 1,
-            updated=self.clock(),
-            releases=kept,
-        )
-        streams = self.root / "streams"
-        gen_dir = streams / f".{stream}{GEN_INFIX}{new.generation:08d}"
-        shutil.rmtree(gen_dir, ignore_errors=True)
-        gen_dir.mkdir()
-        data = repo.canonical_bytes(new)
-        _write(gen_dir / "index.json", data)
-        _write(gen_dir / "index.json.sig", self.key.sign(data).to_bytes())
-        fsync_dir(gen_dir)
-        self.crash("index_staged")
-        link = streams / stream
-        if link.exists() and not link.is_symlink():
-            raise PublisherError(f"{link} is a directory, not the symlink imgline maintains")
-        tmp_link = streams / f"{TMP_PREFIX}{stream}-link"
-        with contextlib.suppress(FileNotFoundError):
-            tmp_link.unlink()
-        tmp_link.symlink_to(gen_dir.name)
-        tmp_link.replace(link)
-        fsync_dir(streams)
-        return new
+            log.info("retention: %s-%s leaves stream %s", gone.name, gone.version, img.stream)
+            for target in (gone.manifest, gone.image, gone.install_ks):
+                info = role.targets.pop(target, None)
+                if info is not None:
+                    retired.append(self._public_path(info))
+        index_path = layout.releases_target(img.stream)
+        old_index = role.targets.get(index_path)
+        if old_index is not None:
+            retired.append(self._public_path(old_index))
+        index = layout.ReleaseIndex(stream=img.stream, releases=kept)
+        role.targets[index_path] = self._write_target(index_path, layout.canonical_bytes(index))
+        self.tuf.retire(retired)
 
-    # --- cleaning up ------------------------------------------------------------------------
+    def _public_path(self, info: TargetFile) -> str:
+        return f"{layout.TARGETS_DIR}/{layout.hashed_path(info.path, info.hashes['sha256'])}"
 
-    def _collect_garbage(self) -> None:
-        """Delete release directories no index lists, and index generations nobody needs."""
-        listed: set[tuple[str, str]] = set()
-        for stream in self.streams():
-            index = self.read_index(stream)
-            if index is not None:
-                listed |= {(r.name, r.version) for r in index.releases}
-        images = self.root / "images"
-        on_disk = [
-            (n.name, v.name)
-            for n in images.iterdir()
-            if n.is_dir() and not n.name.startswith(".")
-            for v in n.iterdir()
-            if v.is_dir() and not v.name.startswith(".")
-        ]
-        for name, version in retention.unreferenced(on_disk, listed):
-            doomed = images / name / version
-            trash = doomed.with_name(f"{TMP_PREFIX}gc-{version}")
-            doomed.rename(trash)  # out of sight at once; deleted below or by the next run
-            shutil.rmtree(trash)
-            log.info("deleted %s-%s: no index lists it", name, version)
-        self._prune_generations()
+    def _file_of(self, info: TargetFile) -> Path:
+        return self.tuf.targets_dir / layout.hashed_path(info.path, info.hashes["sha256"])
 
-    def _prune_generations(self) -> None:
-        streams = self.root / "streams"
-        for stream in self.streams():
-            current = os.readlink(streams / stream)
-            gens = sorted(streams.glob(f".{stream}{GEN_INFIX}*"))
-            keep = {g.name for g in gens[-KEEP_GENERATIONS:]} | {current}
-            for g in gens:
-                if g.name not in keep:
-                    shutil.rmtree(g)
+    def _write_target(self, path: str, data: bytes) -> TargetFile:
+        info = TargetFile.from_data(path, data, ["sha256"])
+        final = self._file_of(info)
+        if not final.exists():  # content-addressed: an existing file already holds these bytes
+            final.parent.mkdir(parents=True, exist_ok=True)
+            _write(final, data, atomic=True)
+            fsync_dir(final.parent)
+        return info
+
+    def _link_target(self, info: TargetFile, source: Path) -> None:
+        """Hard-link the (immutable, content-addressed) artefact when on the same file system."""
+        final = self._file_of(info)
+        if final.exists():
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f"{TMP_PREFIX}{final.name}")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+            with tmp.open("rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+
+    # --- upkeep -----------------------------------------------------------------------------
+
+    def refresh(self) -> list[str]:
+        """Re-sign what is due (the timestamp above all) and delete what has expired."""
+        try:
+            return self.tuf.refresh()
+        except TrustError as exc:
+            raise PublisherError(f"cannot re-sign the repository: {exc}") from exc
 
     def _clean_leftovers(self) -> None:
-        """Dot-files a crashed publish left (never visible to readers; safe under the lock)."""
-        for parent in [self.root / "streams", *(self.root / "images").iterdir()]:
-            if not parent.is_dir():
+        """``.tmp-*`` files an interrupted publish left (never listed; safe under the lock)."""
+        for directory in (self.tuf.metadata_dir, self.tuf.targets_dir):
+            if not directory.is_dir():
                 continue
-            for leftover in parent.glob(f"{TMP_PREFIX}*"):
+            for leftover in directory.rglob(f"{TMP_PREFIX}*"):
                 log.warning("removing %s left by an interrupted publish", leftover)
-                if leftover.is_dir() and not leftover.is_symlink():
-                    shutil.rmtree(leftover)
-                else:
-                    leftover.unlink()
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with (self.root / ".lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                leftover.unlink(missing_ok=True)
 
 
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link the (immutable, content-addressed) artefact when on the same file system."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-        with dst.open("rb+") as f:
-            os.fsync(f.fileno())
+def published_event_fields(repo: Repository, done: Published) -> dict[str, object]:
+    """The fields of image.published that describe where the release is."""
+    m = done.manifest
+    return {
+        "manifest_url": repo.url_of(
+            layout.manifest_target(m.stream, m.name, m.version), done.manifest_sha256
+        ),
+        "manifest_sha256": done.manifest_sha256,
+        "image_url": repo.url_of(m.image, m.image_sha256),
+        "image_sha256": m.image_sha256,
+        "image_size": m.image_size,
+        "repository_url": repo.base_url,
+        "targets": {
+            "image": m.image,
+            "manifest": layout.manifest_target(m.stream, m.name, m.version),
+            "install_ks": m.install_ks,
+        },
+        "key_id": ",".join(k[:16] for k in done.key_ids),
+        "role": done.role,
+        "role_version": done.role_version,
+        "snapshot_version": done.snapshot_version,
+        "timestamp_version": done.timestamp_version,
+    }

@@ -1,1 +1,1 @@
-"""Pure publishing logic: releases, retention, HTTP decisions. No network or file I/O here."""
+"""Pure publishing logic: releases, retention, release naming. No network or file I/O here."""

@@ -5,11 +5,18 @@ updater expects it (DESIGN.md section 5): one volume group ``imgline`` on the wh
 pool, the root as a thin LV named like the updater's first writable layer (``<name>-<version>+1``)
 and ``/var`` as a thin LV shared by all later layers. The text is validated with pykickstart
 before it is published, so a release never ships an install.ks anaconda would refuse.
+
+The installed host must trust exactly this repository: ``%post`` writes the repository's
+root metadata (the TUF trust anchor, carried base64-encoded so no byte of it can end the
+here-document) and the repository's URLs where the updater's client looks for them. The
+install.ks itself is a signed target of the stream's role.
 """
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 from contextlib import redirect_stderr
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,9 +49,28 @@ def layer_name(name: str, version: str) -> str:
     return f"{name}-{version}+1"
 
 
-def render(*, name: str, version: str, image_url: str, sha256: str, layout: InstallLayout) -> str:
+TRUST_DIR = "/var/lib/imgline/tuf"
+
+
+def render(
+    *,
+    name: str,
+    version: str,
+    stream: str,
+    image_url: str,
+    sha256: str,
+    repository_url: str,
+    root_metadata: bytes,
+    layout: InstallLayout,
+) -> str:
     """The install.ks text of one release."""
     layer = layer_name(name, version)
+    installed = json.dumps(
+        {"name": name, "version": version, "sha256": sha256, "layer": layer, "stream": stream}
+    )
+    repository = json.dumps({"url": repository_url, "stream": stream})
+    root_b64 = base64.b64encode(root_metadata).decode("ascii")
+    root_lines = "\n".join(root_b64[i : i + 76] for i in range(0, len(root_b64), 76))
     return f"""\
 # imgline install kickstart for {name}-{version}: anaconda installs the signed image below
 # onto LVM thin provisioning, laid out the way imgline-updater applies later releases.
@@ -69,11 +95,18 @@ bootloader --timeout=1
 reboot
 
 %post --erroronfail
-# Tell imgline-updater which release this host was installed from (it adopts it as the base).
-mkdir -p /var/lib/imgline
+# Tell imgline-updater which release this host was installed from (it adopts it as the base),
+# and pin the repository's root metadata: the host trusts exactly this repository.
+mkdir -p /var/lib/imgline {TRUST_DIR}/metadata
 cat > /var/lib/imgline/installed.json <<'JSON'
-{{"name": "{name}", "version": "{version}", "sha256": "{sha256}", "layer": "{layer}"}}
+{installed}
 JSON
+cat > {TRUST_DIR}/repository.json <<'JSON'
+{repository}
+JSON
+base64 -d > {TRUST_DIR}/metadata/root.json <<'ROOT'
+{root_lines}
+ROOT
 %end
 """
 

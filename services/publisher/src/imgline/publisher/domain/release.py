@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from imgline.core import repository as repo
+from imgline.core.trust import layout
 from imgline.schemas import payloads as p
 
 
-def summary(tested: p.ImageTested) -> repo.TestSummary:
-    return repo.TestSummary(
+def summary(tested: p.ImageTested) -> layout.TestSummary:
+    return layout.TestSummary(
         passed=tested.passed,
         checks=len(tested.results),
         failed=[r.name for r in tested.results if r.status in ("failed", "error")],
@@ -18,35 +18,32 @@ def summary(tested: p.ImageTested) -> repo.TestSummary:
     )
 
 
-def manifest(tested: p.ImageTested, key_id: str, created: datetime) -> repo.Manifest:
+def manifest(tested: p.ImageTested, published: datetime) -> layout.Manifest:
     image = tested.image
-    return repo.Manifest(
+    return layout.Manifest(
         name=image.name,
         version=image.version,
         stream=image.stream,
         build_id=tested.build_id,
-        image=repo.ImageFile(
-            path=repo.image_path(image.name, image.version).as_posix(),
-            sha256=image.artifact.sha256,
-            size=image.artifact.size,
-        ),
+        image=layout.image_target(image.stream, image.name, image.version),
+        image_sha256=image.artifact.sha256,
+        image_size=image.artifact.size,
+        install_ks=layout.install_ks_target(image.stream, image.name, image.version),
         source_commit=image.source_commit,
         tests=summary(tested),
-        created=created,
-        key_id=key_id,
+        published=published,
     )
 
 
-def entry(m: repo.Manifest, manifest_sha256: str, published: datetime) -> repo.IndexEntry:
-    return repo.IndexEntry(
+def entry(m: layout.Manifest) -> layout.Release:
+    return layout.Release(
         name=m.name,
         version=m.version,
         build_id=m.build_id,
-        manifest=repo.manifest_path(m.name, m.version).as_posix(),
-        manifest_sha256=manifest_sha256,
-        image_sha256=m.image.sha256,
-        image_size=m.image.size,
-        published=published,
+        manifest=layout.manifest_target(m.stream, m.name, m.version),
+        image=m.image,
+        install_ks=m.install_ks,
+        published=m.published,
     )
 
 

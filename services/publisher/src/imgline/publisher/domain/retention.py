@@ -1,37 +1,27 @@
-"""Which releases a stream keeps, and which image directories may go.
+"""Which releases a stream keeps.
 
-Retention only ever shortens the index; files are deleted only after the shortened index is
-in place, and only when no stream's index lists them, so a host that just read an index never
-finds its image gone.
+Retention only shortens the stream's signed list; the files of a dropped release stay until
+no snapshot that lists them is still valid (the repository's garbage queue), so a host that
+just read the list never finds its image gone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from imgline.core.repository import IndexEntry
+from imgline.core.trust.layout import Release
 
 
-def keep_newest(releases: list[IndexEntry], keep: int) -> tuple[list[IndexEntry], list[IndexEntry]]:
+def keep_newest(releases: list[Release], keep: int) -> tuple[list[Release], list[Release]]:
     """(kept, dropped): the first ``keep`` releases of each image name, in the given order
-    (an index lists releases newest first: publish order, not clock time, which may step back).
+    (newest first: publish order, not clock time, which may step back).
 
     Per name, because a stream may carry several images (node, appliance) and one busy image
     must not push the others out.
     """
-    kept: list[IndexEntry] = []
-    dropped: list[IndexEntry] = []
+    kept: list[Release] = []
+    dropped: list[Release] = []
     per_name: dict[str, int] = {}
     for entry in releases:
         seen = per_name.get(entry.name, 0)
         (kept if seen < keep else dropped).append(entry)
         per_name[entry.name] = seen + 1
     return kept, dropped
-
-
-def unreferenced(
-    on_disk: Iterable[tuple[str, str]], listed: Iterable[tuple[str, str]]
-) -> list[tuple[str, str]]:
-    """(name, version) directories that no index lists any more."""
-    still = set(listed)
-    return sorted(d for d in on_disk if d not in still)
