@@ -6,8 +6,9 @@ push would leave it):
 1. build.requested for examples/node.ks  → the builder makes a real liveimg → image.built
 2. the tester checks it (integrity, content per examples/test-plan.toml, a live boot in qemu)
    → image.tested with every check and a JUnit report
-3. the publisher signs it into the repository (.cache/demo/repo, served over HTTP on loopback)
-   → image.published; the demo then verifies it over HTTP as a host would
+3. the publisher signs it into a TUF repository (.cache/demo/repo, served over HTTP on loopback)
+   → image.published; the demo then verifies it over HTTP with the client hosts use (python-tuf
+   ngclient, pinned to the repository's root) and downloads the image and install.ks
 4. build.requested with a broken kickstart → build.failed naming the kickstart line
 5. a message that breaks the contract     → the dead-letter queue, with the reason
 Needs root (mmdebstrap builds in root mode). First run: several minutes (packages download into
@@ -24,9 +25,8 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Callable
-from http.server import ThreadingHTTPServer
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +34,15 @@ import pika
 
 from imgline.builder.__main__ import build_consumer
 from imgline.core import logs
-from imgline.core import repository as repo
 from imgline.core.broker import broker_url
 from imgline.core.bus import Consumer, Publisher, topology
 from imgline.core.bus.consumer import REASON_HEADER
 from imgline.core.config import BusSettings
 from imgline.core.errors import ImglineError
 from imgline.core.gitutil import commit_files
-from imgline.core.signing import SigningKey, generate_key, load_signing_key
+from imgline.core.trust.client import RepositoryClient
+from imgline.core.trust.keys import KeyDir
+from imgline.core.trust.repository import TufRepository
 from imgline.publisher import http
 from imgline.publisher.__main__ import build_consumer as build_publisher
 from imgline.schemas import payloads as p
@@ -94,33 +95,39 @@ def show_tests(ch: Any, watch: str) -> bool:
     return bool(event["passed"])
 
 
-def show_published(ch: Any, watch: str, base_url: str, key: SigningKey) -> None:
-    log.info("3) the publisher signs it into the repository served at %s", base_url)
+def show_published(ch: Any, watch: str, base_url: str, root: bytes) -> None:
+    log.info("3) the publisher signs it into the TUF repository served at %s", base_url)
     _topic, event = wait_event(ch, watch, 300)
-    log.info("   image.published: %s (key %s)", event["manifest_url"], event["key_id"])
-    trusted = {key.key_id: key.public_key}
-    index_url = repo.join_url(base_url, repo.index_path(event["stream"]))
-    index = repo.verify_index(fetch(index_url), fetch(index_url + ".sig"), trusted, event["stream"])
-    manifest = repo.verify_manifest(
-        fetch(event["manifest_url"]), fetch(event["manifest_url"] + ".sig"), trusted
-    )
     log.info(
-        "   verified over HTTP like a host: index generation %d lists %s; manifest of %s-%s "
-        "(commit %s, %d checks passed); install.ks at %s",
-        index.generation,
-        ", ".join(f"{e.name}-{e.version}" for e in index.releases),
+        "   image.published: %s-%s in %s (%s v%s, snapshot v%s, timestamp v%s)",
+        event["name"],
+        event["version"],
+        event["stream"],
+        event["role"],
+        event["role_version"],
+        event["snapshot_version"],
+        event["timestamp_version"],
+    )
+    host = CACHE / "demo" / "host"
+    shutil.rmtree(host, ignore_errors=True)
+    client = RepositoryClient.for_base_url(base_url, host / "tuf", root=root)
+    manifest = client.latest(event["stream"], event["name"])
+    if manifest is None or manifest.version != event["version"]:
+        raise ImglineError(f"the signed repository does not list {event['version']} as latest")
+    started = time.monotonic()
+    image = client.download(manifest.image, host / "image.squashfs.img")
+    install_ks = client.download(manifest.install_ks, host / "install.ks")
+    log.info(
+        "   verified like a host (TUF client, pinned root): %s-%s from commit %s, %d checks "
+        "passed; image (%.1f MiB) and install.ks downloaded and checked in %.1fs: %s",
         manifest.name,
         manifest.version,
         (manifest.source_commit or "?")[:12],
         manifest.tests.checks - len(manifest.tests.skipped),
-        repo.join_url(base_url, repo.install_ks_path(manifest.name, manifest.version)),
+        image.stat().st_size / 2**20,
+        time.monotonic() - started,
+        install_ks,
     )
-
-
-def fetch(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310 - our loopback server
-        data: bytes = resp.read()
-    return data
 
 
 def show_dead_letter(ch: Any, queue: str) -> None:
@@ -135,30 +142,28 @@ def show_dead_letter(ch: Any, queue: str) -> None:
     log.info("   dead-lettered to %s: %s", queue, reason)
 
 
-def start_repository(
-    settings: BusSettings,
-) -> tuple[ThreadingHTTPServer, str, SigningKey, BusSettings]:
-    """The repository, fresh each run (its URLs name this run's port), served on loopback."""
-    repo_dir = CACHE / "demo" / "repo"
-    shutil.rmtree(repo_dir, ignore_errors=True)
-    repo_dir.mkdir(parents=True)
-    server = http.make_server(repo_dir, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-    base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    key_file = CACHE / "demo" / "signing.key"
-    key = load_signing_key(key_file) if key_file.exists() else generate_key(key_file)
-    publisher_settings = settings.model_copy(
-        update={
-            "service": "publisher",
-            "consumer_config": {
-                "repo_dir": str(repo_dir),
-                "work_dir": str(CACHE / "demo" / "publisher-work"),
-                "base_url": base_url,
-                "signing_key": str(key_file),
-            },
-        }
-    )
-    return server, base_url, key, publisher_settings
+@contextmanager
+def start_repository(settings: BusSettings) -> Iterator[tuple[str, bytes, BusSettings]]:
+    """A TUF repository, fresh each run (its URLs name this run's port), served on loopback.
+    Root keys go to their own directory, as they would to offline media."""
+    demo = CACHE / "demo"
+    for old in ("repo", "keys", "root-keys"):
+        shutil.rmtree(demo / old, ignore_errors=True)
+    repo = TufRepository.init(demo / "repo", KeyDir(demo / "keys"), KeyDir(demo / "root-keys"))
+    with http.running(demo / "repo", "127.0.0.1", 0) as server:
+        base_url = server.url.rstrip("/")
+        publisher_settings = settings.model_copy(
+            update={
+                "service": "publisher",
+                "consumer_config": {
+                    "repo_dir": str(demo / "repo"),
+                    "keys_dir": str(demo / "keys"),
+                    "work_dir": str(demo / "publisher-work"),
+                    "base_url": base_url,
+                },
+            }
+        )
+        yield base_url, repo.root_bytes(), publisher_settings
 
 
 def start_services(
@@ -181,7 +186,11 @@ def run() -> int:
     if os.geteuid() != 0:
         log.error("the demo builds an image with mmdebstrap in root mode: run it as root")
         return 2
-    with broker_url() as url, tempfile.TemporaryDirectory(prefix="imgline-demo-") as tmp:
+    with (
+        broker_url() as url,
+        tempfile.TemporaryDirectory(prefix="imgline-demo-") as tmp,
+        ExitStack() as stack,
+    ):
         store = str(CACHE / "demo" / "store")
         settings = BusSettings(
             service="builder",
@@ -199,7 +208,7 @@ def run() -> int:
         )
         conn = pika.BlockingConnection(pika.URLParameters(url))
         ch = conn.channel()
-        server, base_url, key, publisher_settings = start_repository(settings)
+        base_url, root, publisher_settings = stack.enter_context(start_repository(settings))
         services, threads = start_services(
             ch,
             [
@@ -250,7 +259,7 @@ def run() -> int:
             if not show_tests(ch, watch):
                 log.error("the image failed its tests: it is not published")
                 return 1
-            show_published(ch, watch, base_url, key)
+            show_published(ch, watch, base_url, root)
 
             pub.publish(BuildRequestedV1.from_payload(bad))
             log.info("4) published build.requested with a broken kickstart (rootpw --lokc)")
@@ -268,7 +277,6 @@ def run() -> int:
             pub.publish_raw(settings.exchange, wrong.topic, wrong._encoded_body, wrong._properties)
             log.info("5) published a build.requested that breaks the contract")
         show_dead_letter(ch, settings.dead_letter_queue)
-        server.shutdown()
         for svc in services:
             svc.stop()
         for thread in threads:
