@@ -102,13 +102,27 @@ def online(site: Site, role: str) -> list[SigningKey]:
     return site.keys.keys(role)
 
 
-def evil_target(tmp_path: Path, mirror_dir: Path, path: str) -> TargetFile:
+def evil_target(mirror_dir: Path, path: str) -> TargetFile:
     data = b"#!/bin/sh\necho owned\n"
     info = TargetFile.from_data(path, data, ["sha256"])
     dest = mirror_dir / "targets" / layout.hashed_path(path, info.hashes["sha256"])
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(data)
     return info
+
+
+def slip_in(site: Site, mirror_dir: Path, role: str, path: str, keys: list[SigningKey]) -> None:
+    """A malicious target in ``role`` signed with ``keys``, listed by a snapshot and timestamp
+    that the genuine online keys sign (the attacker holds only ``keys``)."""
+    info = evil_target(mirror_dir, path)
+    forge_chain(
+        mirror_dir,
+        role,
+        lambda t: t.targets.update({path: info}),
+        role_keys=keys,
+        snapshot_keys=online(site, "snapshot"),
+        timestamp_keys=online(site, "timestamp"),
+    )
 
 
 # --- the genuine path -----------------------------------------------------------------------
@@ -168,7 +182,7 @@ def test_metadata_signed_by_an_unknown_key_is_refused(
     forge_chain(
         mirror.directory,
         "stream-stable",
-        lambda t: t.targets.update({"x": evil_target(tmp_path, mirror.directory, "x")}),
+        lambda t: t.targets.update({"x": evil_target(mirror.directory, "x")}),
         role_keys=[stranger],
         snapshot_keys=[stranger],
         timestamp_keys=[stranger],
@@ -321,15 +335,7 @@ def test_another_streams_role_cannot_hand_out_this_streams_targets(tmp_path: Pat
         pub.publish(tested, image)
     with mirror_of(site.root, tmp_path / "mirror") as m:
         path = "stable/node/9/node-9.squashfs.img"
-        info = evil_target(tmp_path, m.directory, path)
-        forge_chain(
-            m.directory,
-            "stream-beta",
-            lambda t: t.targets.update({path: info}),
-            role_keys=online(site, "stream-beta"),
-            snapshot_keys=online(site, "snapshot"),
-            timestamp_keys=online(site, "timestamp"),
-        )
+        slip_in(site, m.directory, "stream-beta", path, online(site, "stream-beta"))
         host = client(m.url, tmp_path / "host", pinned(site))
         refused("not_found", host.target, path)
         assert host.latest("stable", "node").version == "1"  # type: ignore[union-attr]
@@ -377,15 +383,7 @@ def test_a_revoked_stream_key_signs_nothing_any_more(site: Site, tmp_path: Path)
         host = client(m.url, tmp_path / "host", pinned(site))
         assert host.latest("stable", "node").version == "2"  # type: ignore[union-attr]
         path = "stable/node/9/node-9.squashfs.img"
-        info = evil_target(tmp_path, m.directory, path)
-        forge_chain(
-            m.directory,
-            "stream-stable",
-            lambda t: t.targets.update({path: info}),
-            role_keys=[old],  # the leaked, revoked key
-            snapshot_keys=online(site, "snapshot"),
-            timestamp_keys=online(site, "timestamp"),
-        )
+        slip_in(site, m.directory, "stream-stable", path, [old])  # the leaked, revoked key
         again = client(m.url, tmp_path / "host")
         again.refresh()
         err = refused("unsigned", again.target, path)
@@ -400,15 +398,7 @@ def test_threshold_of_two_is_not_met_by_one_signature(site: Site, tmp_path: Path
         host = client(m.url, tmp_path / "host", pinned(site))
         assert host.latest("stable", "node").version == "2"  # type: ignore[union-attr]
         path = "stable/node/9/node-9.squashfs.img"
-        info = evil_target(tmp_path, m.directory, path)
-        forge_chain(
-            m.directory,
-            "stream-stable",
-            lambda t: t.targets.update({path: info}),
-            role_keys=keys[:1],  # one of the two keys leaked
-            snapshot_keys=online(site, "snapshot"),
-            timestamp_keys=online(site, "timestamp"),
-        )
+        slip_in(site, m.directory, "stream-stable", path, keys[:1])  # one of the two keys leaked
         again = client(m.url, tmp_path / "host")
         again.refresh()
         refused("unsigned", again.target, path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -61,6 +62,7 @@ class _Fetcher(FetcherInterface):
             headers={"User-Agent": "imgline-tuf-client"},
         )
         self.received = 0
+        weakref.finalize(self, self.pool.clear)  # pooled sockets close with the client
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         response = self._request(url, {})
@@ -68,6 +70,26 @@ class _Fetcher(FetcherInterface):
             response.release_conn()
             raise tuf_exc.DownloadHTTPError(f"HTTP {response.status} for {url}", response.status)
         return self._chunks(response, url, time.monotonic() + self.limits.metadata_seconds)
+
+    def download_bytes(self, url: str, max_length: int) -> bytes:
+        """At most ``max_length`` bytes; on refusal the connection is dropped at once, not
+        when the garbage collector gets to the abandoned download."""
+        chunks = self.fetch(url)
+        try:
+            parts: list[bytes] = []
+            received = 0
+            for chunk in chunks:
+                received += len(chunk)
+                if received > max_length:
+                    raise tuf_exc.DownloadLengthMismatchError(
+                        f"{url} sent more than the {max_length} bytes allowed for it"
+                    )
+                parts.append(chunk)
+            return b"".join(parts)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
 
     def _request(self, url: str, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
         try:
@@ -178,6 +200,10 @@ class RepositoryClient:
         """A repository served as ``<base>/metadata/`` and ``<base>/targets/``."""
         base = base_url.rstrip("/")
         return cls(f"{base}/metadata/", f"{base}/targets/", state_dir, root=root, limits=limits)
+
+    def close(self) -> None:
+        """Close pooled connections now (they are closed anyway when the client goes)."""
+        self.fetcher.pool.clear()
 
     @property
     def bytes_received(self) -> int:
