@@ -266,6 +266,18 @@ class TufRepository:
             )
         return have
 
+    def check_keys(self, state: State) -> None:
+        """Every online role can be signed with the keys at hand: found at start-up, not hours
+        later when the timestamp falls due."""
+        for role in (
+            "targets",
+            "snapshot",
+            "timestamp",
+            *(r for r in state.targets if r != "targets"),
+        ):
+            _, spec = self._role_of(state, role)
+            self._signers(spec.keyids, spec.threshold, role, self.keys)
+
     def _sign(self, state: State, role: str, md: Metadata[Any]) -> None:
         _, spec = self._role_of(state, role)
         md.signatures.clear()

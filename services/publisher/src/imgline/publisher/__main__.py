@@ -38,7 +38,8 @@ def make_repository(config: PublisherConfig) -> Repository:
             layout_=config.install,
             expiry=config.expiry,
         )
-        repo.refresh()  # fails now, with the reason, if a key is missing or unreadable
+        repo.tuf.check_keys(repo.load())  # a missing or unreadable key fails now, by role
+        repo.refresh()
     except ImglineError as exc:
         raise ConfigError(f"repository: {exc}") from exc
     return repo

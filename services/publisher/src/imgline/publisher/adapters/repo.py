@@ -200,6 +200,18 @@ class Repository:
             state = self.load()
             if record is not None and record.state == "published" and record.manifest:
                 return self._describe(state, record.manifest, new=False)
+            listed = self.releases(state, img.stream).find(img.name, img.version)
+            if record is not None and listed is not None and listed.build_id == tested.build_id:
+                # a crash after the commit, before the ledger said so: finish the record only
+                info = state.role(layout.stream_role(img.stream))
+                assert info is not None  # noqa: S101 - the release list came from it
+                manifest = layout.Manifest.model_validate_json(
+                    self._target_bytes(info.signed.targets[listed.manifest])
+                )
+                self.ledger.put(
+                    record.model_copy(update={"state": "published", "manifest": manifest})
+                )
+                return self._describe(state, manifest, new=False)
             claim = LedgerRecord(
                 name=img.name,
                 version=img.version,
@@ -213,9 +225,10 @@ class Repository:
             manifest = release.manifest(tested, self.clock())
             changed: dict[str, Targets] = {}
             role = self.tuf.ensure_stream(state, img.stream, changed)
-            self._place_release(state, tested, manifest, image_file, role)
+            retired = self._place_release(state, tested, manifest, image_file, role)
             self.crash("targets_placed")
             commit = self.tuf.commit(state, changed)
+            self.tuf.retire(retired)  # only once nothing current lists them
             self.crash("committed")
             self.ledger.put(claim.model_copy(update={"state": "published", "manifest": manifest}))
             self.tuf.collect_garbage()
@@ -261,18 +274,23 @@ class Repository:
         manifest: layout.Manifest,
         image_file: Path,
         role: Targets,
-    ) -> None:
-        """Write the release's target files and list them (and the new index) in ``role``."""
+    ) -> list[str]:
+        """Write the release's target files and list them (and the new index) in ``role``;
+        returns the files the new state no longer lists."""
         img = tested.image
         try:
             verify_digest(image_file, img.artifact.sha256, img.artifact.size, "image")
         except ArtifactError as exc:
             raise IntegrityError(f"the image is not the one tested: {exc}") from exc
+        current = self.releases(state, img.stream)  # verified before anything is written
+        custom = {
+            "imgline": {"name": img.name, "version": img.version, "build_id": tested.build_id}
+        }
         image = TargetFile(
             img.artifact.size,
             {"sha256": img.artifact.sha256},
             manifest.image,
-            {"imgline": {"name": img.name, "version": img.version, "build_id": tested.build_id}},
+            {"custom": custom},
         )
         self._link_target(image, image_file)
         self.crash("image_linked")
@@ -295,7 +313,6 @@ class Repository:
         ):
             role.targets[path] = self._write_target(path, data)
         role.targets[manifest.image] = image
-        current = self.releases(state, img.stream)
         listed = [release.entry(manifest), *current.releases]
         keep = self.keep_per_stream.get(img.stream, self.keep)
         kept, dropped = retention.keep_newest(listed, keep)
@@ -312,7 +329,7 @@ class Repository:
             retired.append(self._public_path(old_index))
         index = layout.ReleaseIndex(stream=img.stream, releases=kept)
         role.targets[index_path] = self._write_target(index_path, layout.canonical_bytes(index))
-        self.tuf.retire(retired)
+        return retired
 
     def _public_path(self, info: TargetFile) -> str:
         return f"{layout.TARGETS_DIR}/{layout.hashed_path(info.path, info.hashes['sha256'])}"
