@@ -1,22 +1,22 @@
 """imgline-publisher as its own process on a private broker: a passed image.tested becomes a
-signed release served over HTTP and image.published; a failed one becomes image.rejected and
-leaves the repository untouched."""
+release in the TUF repository, served over HTTP and announced as image.published; a failed or
+swapped one becomes image.rejected and leaves the repository untouched."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from bushelpers import service_process
+from tufrepo import client
 
-from imgline.core import repository as repo
-from imgline.core.signing import SigningKey, generate_key, verify_digest
+from imgline.core.trust import layout
+from imgline.core.trust.keys import KeyDir
+from imgline.core.trust.repository import TufRepository
 from imgline.publisher import http
 from imgline.schemas import payloads as p
 from imgline.schemas.messages import ImagePublishedV1, ImageRejectedV1, ImageTestedV1
@@ -51,17 +51,21 @@ def image_tested(tmp: Path, version: str, *, passed: bool) -> p.ImageTested:
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    root = tmp_path / "repo"
-    root.mkdir()
-    server = http.make_server(root, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def repo(tmp_path: Path) -> TufRepository:
+    """A new repository, as `imgline repo init` makes it before the publisher starts."""
+    return TufRepository.init(
+        tmp_path / "repo", KeyDir(tmp_path / "keys"), KeyDir(tmp_path / "root-keys")
+    )
+
+
+@pytest.fixture
+def served(repo: TufRepository) -> Iterator[str]:
+    with http.running(repo.root_dir) as server:
+        yield server.url
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def fetch(url: str) -> bytes:
@@ -71,15 +75,14 @@ def fetch(url: str) -> bytes:
 
 
 def test_passed_image_is_published_and_failed_one_rejected(
-    amqp_url: str, tmp_path: Path, served: tuple[Path, str]
+    amqp_url: str, tmp_path: Path, repo: TufRepository, served: str
 ) -> None:
-    root, base_url = served
-    key: SigningKey = generate_key(tmp_path / "signing.key")
+    pinned_root = repo.root_bytes()
     config = {
-        "repo_dir": str(root),
+        "repo_dir": str(repo.root_dir),
+        "keys_dir": str(repo.keys.directory),
         "work_dir": str(tmp_path / "work"),
-        "base_url": base_url,
-        "signing_key": str(tmp_path / "signing.key"),
+        "base_url": served,
     }
     good = image_tested(tmp_path, "20261123.1", passed=True)
     bad = image_tested(tmp_path, "20261123.2", passed=False)
@@ -105,27 +108,63 @@ def test_passed_image_is_published_and_failed_one_rejected(
     assert rejected.build_id == bad.build_id
     assert rejected.failed_checks == ["boot.live"]
     assert "boot.live: no 'IMGLINE-PAYLOAD-READY'" in rejected.reason
+    assert refused.build_id == swapped.build_id
     assert refused.reason.startswith("the image is not the one tested: ")
     assert "truncated" in refused.reason
     for version in ("20261123.2", "20261123.3"):
-        assert not (root / "images" / "node" / version).exists()
+        assert not (repo.targets_dir / "stable" / "node" / version).exists()
 
-    assert published.key_id == key.key_id
-    assert (published.name, published.version, published.stream) == ("node", "20261123.1", "stable")
-    assert again.manifest_sha256 == published.manifest_sha256
-    # what a host does: fetch over HTTP and verify everything with the pinned key
-    trusted = {key.key_id: key.public_key}
-    index_url = repo.join_url(base_url, repo.index_path("stable"))
-    index = repo.verify_index(fetch(index_url), fetch(index_url + ".sig"), trusted, "stable")
-    assert [(e.version, e.build_id) for e in index.releases] == [("20261123.1", good.build_id)]
-    assert index.generation == 1  # the redelivery added nothing
-    manifest_bytes = fetch(published.manifest_url)
-    assert hashlib.sha256(manifest_bytes).hexdigest() == published.manifest_sha256
-    manifest = repo.verify_manifest(manifest_bytes, fetch(published.manifest_url + ".sig"), trusted)
-    image = tmp_path / "downloaded.img"
-    image.write_bytes(fetch(published.image_url))
-    verify_digest(image, manifest.image.sha256, manifest.image.size, "image")
     assert published.image_sha256 == good.image.artifact.sha256
-    install_ks = fetch(repo.join_url(base_url, repo.install_ks_path("node", "20261123.1"))).decode()
-    assert f"liveimg --url={published.image_url} --checksum={published.image_sha256}" in install_ks
-    assert json.loads(manifest_bytes)["tests"]["passed"] is True
+    # the redelivery announced the same release and signed nothing new
+    assert again.model_dump(exclude={"emitted_at"}) == published.model_dump(exclude={"emitted_at"})
+    check_event(published, repo, served)
+    check_as_a_host(published, good, served, pinned_root, tmp_path)
+
+
+def check_event(published: p.ImagePublished, repo: TufRepository, served: str) -> None:
+    """The event names the release as the signed repository does."""
+    state = repo.load()
+    role = state.targets["stream-stable"]
+    assert (published.name, published.version, published.stream) == ("node", "20261123.1", "stable")
+    assert published.repository_url == served
+    d = "stable/node/20261123.1"
+    assert published.targets is not None
+    assert published.targets == p.PublishedTargets(
+        image=f"{d}/node-20261123.1.squashfs.img",
+        manifest=f"{d}/manifest.json",
+        install_ks=f"{d}/install.ks",
+    )
+    assert published.role == "stream-stable"
+    assert published.role_version == role.signed.version
+    assert published.snapshot_version == state.snapshot.signed.version
+    assert published.timestamp_version == state.timestamp.signed.version
+    delegations = state.top.delegations
+    assert delegations is not None and delegations.roles is not None
+    assert published.key_id == ",".join(k[:16] for k in delegations.roles["stream-stable"].keyids)
+    listed = {*published.targets.model_dump().values(), layout.releases_target("stable")}
+    assert set(role.signed.targets) == listed
+
+
+def check_as_a_host(
+    published: p.ImagePublished,
+    good: p.ImageTested,
+    served: str,
+    pinned_root: bytes,
+    tmp_path: Path,
+) -> None:
+    """What a host does: verify everything through TUF from the pinned root, over HTTP."""
+    host = client(served, tmp_path / "host", pinned_root)
+    releases = host.releases("stable").releases
+    assert [(r.version, r.build_id) for r in releases] == [("20261123.1", good.build_id)]
+    latest = host.latest("stable", "node")
+    assert latest is not None
+    assert (latest.version, latest.build_id) == ("20261123.1", good.build_id)
+    assert latest.tests.passed and published.targets is not None
+    assert latest.image == published.targets.image
+    image = host.download(latest.image, tmp_path / "downloaded.img")
+    assert sha256_of(image) == published.image_sha256 == latest.image_sha256
+    ks = host.download(latest.install_ks, tmp_path / "install.ks").read_text()
+    assert f"liveimg --url={published.image_url} --checksum={published.image_sha256}" in ks
+    # the URLs in the event are hints, but they do lead to the signed bytes
+    assert hashlib.sha256(fetch(published.manifest_url)).hexdigest() == published.manifest_sha256
+    assert published.manifest_url.startswith(served + "targets/")

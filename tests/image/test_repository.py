@@ -1,298 +1,399 @@
-"""The repository on disk: layout, signatures, idempotency, retention, crashes, tampering.
+"""The publisher's TUF repository on disk: layout, idempotency, retention and garbage,
+refused inputs, crashes (an exception at every step, and a real SIGKILL), tampering, re-signing.
 
-Files are real (a random "image" of a few MiB); a crash is injected between every two steps
-of a publish, once as an exception and once as a SIGKILL of the publishing process.
+Files are real (random "images"); what a host sees is checked with the TUF client over HTTP.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import textwrap
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from tuf.api.metadata import Signed, TargetFile
+from tufrepo import BASE, Site, client, make_site, make_tested
 
-from imgline.core import repository as repo
-from imgline.core.signing import SigningError, SigningKey, generate_key, verify_digest
+from imgline.core.trust import layout
+from imgline.core.trust.repository import State
+from imgline.publisher import http
 from imgline.publisher.adapters.repo import Repository
+from imgline.publisher.domain import release
 from imgline.publisher.domain.installks import validate
-from imgline.publisher.errors import PublisherError
-from imgline.schemas import payloads as p
+from imgline.publisher.errors import IntegrityError, PublisherError, RetiredError
 
 pytestmark = pytest.mark.image
 
-STEPS = ("image_copied", "release_staged", "release_in_place", "index_staged", "index_committed")
-BASE = "http://repo.test:8090"
+SIZE = 256 << 10
+STEPS = ("image_linked", "targets_placed", "committed")
+TESTS_DIR = Path(__file__).resolve().parents[1]
 
 
 class Crash(Exception):
     pass
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        self.t += timedelta(minutes=1)
-        return self.t
-
-
-def make_tested(
-    tmp: Path,
-    version: str,
-    *,
-    stream: str = "stable",
-    build: int | None = None,
-    passed: bool = True,
-) -> tuple[p.ImageTested, Path]:
-    image = tmp / f"node-{version}.img"
-    image.write_bytes(os.urandom(3 << 20))
-    data = image.read_bytes()
-    ref = p.ImageRef(
-        build_id=hashlib.sha256(f"{version}/{stream}/{build}".encode()).hexdigest(),
-        name="node",
-        version=version,
-        stream=stream,
-        artifact=p.Artifact(
-            uri=image.as_uri(), sha256=hashlib.sha256(data).hexdigest(), size=len(data)
-        ),
-        source_commit="c0ffee" * 6 + "abcd",
-    )
-    results = [
-        p.TestResult(
-            name="boot.live", status="passed" if passed else "failed", duration_seconds=1.0
-        )
-    ]
-    tested = p.ImageTested(
-        build_id=ref.build_id,
-        image=ref,
-        passed=passed,
-        results=results,
-        report_url="file:///reports/x.xml",
-    )
-    return tested, image
-
-
-@pytest.fixture
-def key(tmp_path: Path) -> SigningKey:
-    return generate_key(tmp_path / "keys" / "signing.key")
-
-
-def repository(root: Path, key: SigningKey, **kw: object) -> Repository:
-    return Repository(root, key, BASE, clock=Clock(), **kw)  # type: ignore[arg-type]
-
-
-def index_of(root: Path, key: SigningKey, stream: str = "stable") -> repo.StreamIndex:
-    data = (root / repo.index_path(stream)).read_bytes()
-    sig = (root / repo.sig_of(repo.index_path(stream))).read_bytes()
-    return repo.verify_index(data, sig, {key.key_id: key.public_key}, stream)
-
-
-def visible_files(root: Path) -> set[str]:
-    """What a reader (HTTP, no dot-paths, following the stream symlinks) can reach."""
-    found = set()
-    for top, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        rel = Path(top).relative_to(root)
-        found |= {(rel / f).as_posix() for f in files if not f.startswith(".")}
-    return found
-
-
-def test_first_publish_lays_out_a_signed_release(tmp_path: Path, key: SigningKey) -> None:
-    root = tmp_path / "repo"
-    tested, image = make_tested(tmp_path, "20261123.1")
-    done = repository(root, key).publish(tested, image)
-    assert done.new and done.generation == 1
-    d = "images/node/20261123.1"
-    assert visible_files(root) == {
-        f"{d}/node-20261123.1.squashfs.img",
-        f"{d}/manifest.json",
-        f"{d}/manifest.json.sig",
-        f"{d}/install.ks",
-        "streams/stable/index.json",
-        "streams/stable/index.json.sig",
-    }
-    assert done.manifest_url == f"{BASE}/{d}/manifest.json"
-    assert done.image_url == f"{BASE}/{d}/node-20261123.1.squashfs.img"
-    trusted = {key.key_id: key.public_key}
-    data = (root / d / "manifest.json").read_bytes()
-    manifest = repo.verify_manifest(data, (root / d / "manifest.json.sig").read_bytes(), trusted)
-    assert (manifest.name, manifest.version, manifest.stream) == ("node", "20261123.1", "stable")
-    assert manifest.source_commit == tested.image.source_commit
-    assert manifest.tests.passed and manifest.tests.checks == 1
-    assert manifest.image.sha256 == tested.image.artifact.sha256
-    assert hashlib.sha256(data).hexdigest() == done.entry.manifest_sha256
-    verify_digest(root / manifest.image.path, manifest.image.sha256, manifest.image.size, "image")
-    index = index_of(root, key)
-    assert index.latest("node") == done.entry
-    ks = (root / d / "install.ks").read_text()
-    validate(ks)
-    assert f"--url={done.image_url} --checksum={manifest.image.sha256}" in ks
-
-
-def test_same_build_twice_is_one_release(tmp_path: Path, key: SigningKey) -> None:
-    root = tmp_path / "repo"
-    tested, image = make_tested(tmp_path, "1")
-    first = repository(root, key).publish(tested, image)
-    again = repository(root, key).publish(tested, image)
-    assert not again.new
-    assert again.entry == first.entry and again.generation == 1
-    assert len(index_of(root, key).releases) == 1
-
-
-def test_a_version_is_never_republished_from_another_build(tmp_path: Path, key: SigningKey) -> None:
-    root = tmp_path / "repo"
-    repository(root, key).publish(*make_tested(tmp_path, "1"))
-    other, image = make_tested(tmp_path, "1", build=2)
-    with pytest.raises(PublisherError, match="already published from build"):
-        repository(root, key).publish(other, image)
-
-
-def test_failed_image_is_refused(tmp_path: Path, key: SigningKey) -> None:
-    root = tmp_path / "repo"
-    with pytest.raises(PublisherError, match="did not pass"):
-        repository(root, key).publish(*make_tested(tmp_path, "1", passed=False))
-    assert visible_files(root) == set()
-
-
-def test_image_changed_since_it_was_tested_is_refused(tmp_path: Path, key: SigningKey) -> None:
-    root = tmp_path / "repo"
-    tested, image = make_tested(tmp_path, "1")
-    with image.open("r+b") as f:
-        f.seek(1000)
-        f.write(b"X")
-    with pytest.raises(SigningError, match="sha256"):
-        repository(root, key).publish(tested, image)
-    assert visible_files(root) == set()
-
-
-def test_retention_keeps_n_and_deletes_only_unlisted(tmp_path: Path, key: SigningKey) -> None:
-    root = tmp_path / "repo"
-    r = repository(root, key, keep=2, keep_per_stream={"lts": 3})
-    for n in range(1, 5):
-        r.publish(*make_tested(tmp_path, f"{n}"))
-        r.publish(*make_tested(tmp_path, f"{n}.lts", stream="lts"))
-    stable = index_of(root, key)
-    assert [e.version for e in stable.releases] == ["4", "3"]
-    assert stable.generation == 4
-    assert [e.version for e in index_of(root, key, "lts").releases] == ["4.lts", "3.lts", "2.lts"]
-    versions = sorted(d.name for d in (root / "images" / "node").iterdir())
-    assert versions == ["2.lts", "3", "3.lts", "4", "4.lts"]
-    streams = sorted(x.name for x in (root / "streams").iterdir())
-    # the current index generation and the one before, per stream (readers mid-download)
-    assert [s for s in streams if ".gen-" in s] == [
-        ".lts.gen-00000003",
-        ".lts.gen-00000004",
-        ".stable.gen-00000003",
-        ".stable.gen-00000004",
-    ]
-
-
-@pytest.mark.parametrize("step", STEPS)
-def test_a_crash_at_any_step_leaves_the_previous_state(
-    tmp_path: Path, key: SigningKey, step: str
-) -> None:
-    root = tmp_path / "repo"
-    repository(root, key).publish(*make_tested(tmp_path, "1"))
-    before = visible_files(root)
-    old_index = (root / repo.index_path("stable")).read_bytes()
-
+def crash_at(step: str) -> Callable[[str], None]:
     def crash(at: str) -> None:
         if at == step:
             raise Crash(at)
 
-    tested, image = make_tested(tmp_path, "2")
-    with pytest.raises(Crash):
-        repository(root, key, crash=crash).publish(tested, image)
-    index = index_of(root, key)  # whatever happened, the index verifies
-    if step == "index_committed":
-        assert [e.version for e in index.releases] == ["2", "1"]
+    return crash
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    return make_site(tmp_path)
+
+
+def tree(root: Path, *tops: str) -> dict[str, str]:
+    """Every file under ``tops`` (dot-files too) and the sha256 of its bytes."""
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for top in tops or ("metadata", "targets")
+        for p in (root / top).rglob("*")
+        if p.is_file()
+    }
+
+
+def versions(root: Path, role: str) -> list[int]:
+    return sorted(int(p.name.split(".")[0]) for p in (root / "metadata").glob(f"*.{role}.json"))
+
+
+def listed(pub: Repository, stream: str = "stable") -> list[str]:
+    return [r.version for r in pub.releases(pub.load(), stream).releases]
+
+
+def role_files(site: Site, stream: str, paths: list[str] | None = None) -> set[Path]:
+    """Where the files the stream's role lists (or ``paths`` of them) are on disk."""
+    md = site.tuf().load().role(layout.stream_role(stream))
+    assert md is not None
+    targets = md.signed.targets
+    return {on_disk(site, targets[path]) for path in (targets if paths is None else paths)}
+
+
+def release_paths(m: layout.Manifest) -> list[str]:
+    return [m.image, layout.manifest_target(m.stream, m.name, m.version), m.install_ks]
+
+
+def on_disk(site: Site, info: TargetFile) -> Path:
+    return site.root / "targets" / layout.hashed_path(info.path, info.hashes["sha256"])
+
+
+def pinned(site: Site) -> bytes:
+    return (site.root / "metadata/1.root.json").read_bytes()
+
+
+def host_sees(site: Site, state: Path, root: bytes | None) -> list[str]:
+    """The stable releases a host sees over HTTP (``root``: pinned on first use)."""
+    with http.running(site.root) as server:
+        host = client(server.url, state, root)
+        return [r.version for r in host.releases("stable").releases]
+
+
+def test_first_publish_lays_out_a_signed_release(site: Site, tmp_path: Path) -> None:
+    tested, image = make_tested(tmp_path, "20261123.1")
+    pub = site.publisher()
+    done = pub.publish(tested, image)
+    state = site.tuf().load()
+    assert done.new and done.role == "stream-stable"
+    assert (done.role_version, done.snapshot_version, done.timestamp_version) == (
+        state.targets["stream-stable"].signed.version,
+        state.snapshot.signed.version,
+        state.timestamp.signed.version,
+    )
+    d = "stable/node/20261123.1"
+    role = state.targets["stream-stable"].signed
+    image_path = f"{d}/node-20261123.1.squashfs.img"
+    assert set(role.targets) == {image_path, f"{d}/manifest.json", f"{d}/install.ks"} | {
+        "stable/releases.json"
+    }
+    # content-addressed files, and nothing else, under targets/
+    assert {p for p in (site.root / "targets").rglob("*") if p.is_file()} == role_files(
+        site, "stable"
+    )
+    for path, info in role.targets.items():
+        name = on_disk(site, info)
+        assert name.name == f"{info.hashes['sha256']}.{path.rpartition('/')[2]}"
+        assert hashlib.sha256(name.read_bytes()).hexdigest() == info.hashes["sha256"]
+    assert os.path.samefile(on_disk(site, role.targets[image_path]), image)  # a hard link
+    metadata = {p.name for p in (site.root / "metadata").iterdir()}
+    assert {
+        "1.root.json",
+        f"{state.targets['targets'].signed.version}.targets.json",
+        f"{done.snapshot_version}.snapshot.json",
+        f"{done.role_version}.stream-stable.json",
+        "timestamp.json",
+    } <= metadata
+    # the release list and the manifest, as signed
+    assert pub.releases(state, "stable").releases == [release.entry(done.manifest)]
+    manifest_info = role.targets[f"{d}/manifest.json"]
+    assert done.manifest_sha256 == manifest_info.hashes["sha256"]
+    manifest = layout.Manifest.model_validate_json(on_disk(site, manifest_info).read_bytes())
+    assert manifest == done.manifest
+    assert (manifest.name, manifest.version, manifest.stream) == ("node", "20261123.1", "stable")
+    assert manifest.build_id == tested.build_id and manifest.tests.passed
+    assert manifest.image_sha256 == tested.image.artifact.sha256
+    # install.ks: valid kickstart, the content-addressed image URL, the root pinned
+    ks = on_disk(site, role.targets[f"{d}/install.ks"]).read_text()
+    validate(ks)
+    image_url = f"{BASE}/targets/{layout.hashed_path(image_path, manifest.image_sha256)}"
+    assert f"liveimg --url={image_url} --checksum={manifest.image_sha256}" in ks
+    root_b64 = re.search(r"<<'ROOT'\n(.*?)\nROOT\n", ks, re.S)
+    assert root_b64 is not None
+    assert base64.b64decode(root_b64.group(1)) == pinned(site)
+    # which build the image is from, in the target's "custom" field (TUF's place for it)
+    assert role.targets[image_path].custom["imgline"]["build_id"] == tested.build_id
+
+
+def test_the_same_build_twice_is_one_release(site: Site, tmp_path: Path) -> None:
+    tested, image = make_tested(tmp_path, "1", size=SIZE)
+    first = site.publisher().publish(tested, image)
+    before = tree(site.root)
+    again = site.publisher().publish(tested, image)
+    assert not again.new
+    assert (again.manifest, again.manifest_sha256) == (first.manifest, first.manifest_sha256)
+    assert (again.role_version, again.snapshot_version, again.timestamp_version) == (
+        first.role_version,
+        first.snapshot_version,
+        first.timestamp_version,
+    )
+    assert tree(site.root) == before  # no new metadata version, no new file
+    assert listed(site.publisher()) == ["1"]
+
+
+@pytest.mark.parametrize(("keep", "left"), [(3, ["2", "1"]), (1, ["2"])], ids=["listed", "dropped"])
+def test_a_version_is_never_reused(site: Site, tmp_path: Path, keep: int, left: list[str]) -> None:
+    pub = site.publisher(keep=keep)
+    for version in ("1", "2"):
+        pub.publish(*make_tested(tmp_path, version, size=SIZE))
+    assert listed(pub) == left
+    before = tree(site.root, "metadata")
+    with pytest.raises(PublisherError, match="never reused"):
+        pub.publish(*make_tested(tmp_path, "1", build=2, size=SIZE))
+    assert tree(site.root, "metadata") == before
+    assert listed(pub) == left
+
+
+def test_a_redelivery_of_a_dropped_release_is_retired(site: Site, tmp_path: Path) -> None:
+    pub = site.publisher(keep=1)
+    first = make_tested(tmp_path, "1", size=SIZE)
+    pub.publish(*first)
+    pub.publish(*make_tested(tmp_path, "2", size=SIZE))
+    with pytest.raises(RetiredError, match="retention dropped it"):
+        pub.publish(*first)
+    assert listed(pub) == ["2"]
+
+
+@pytest.mark.parametrize("trigger", ["refresh", "publish"])
+def test_retention_drops_from_the_list_then_deletes_when_expired(
+    site: Site, tmp_path: Path, trigger: str
+) -> None:
+    pub = site.publisher(keep=2, keep_per_stream={"lts": 3})
+    kept = {"stable": ["4", "3"], "lts": ["4.lts", "3.lts", "2.lts"]}
+    files: dict[str, set[Path]] = {}
+    for n in range(1, 5):
+        for stream, version in (("stable", f"{n}"), ("lts", f"{n}.lts")):
+            done = pub.publish(*make_tested(tmp_path, version, stream=stream, size=SIZE))
+            files[version] = role_files(site, stream, release_paths(done.manifest))
+    dropped = set().union(*(files[v] for v in ("1", "2", "1.lts")))
+    for stream, versions_ in kept.items():
+        assert listed(pub, stream) == versions_
+        index = role_files(site, stream, [f"{stream}/releases.json"])
+        assert role_files(site, stream) - index == set().union(*(files[v] for v in versions_))
+    # a host that read an earlier list may still be downloading: the files stay a while
+    assert all(f.exists() for f in dropped)
+    assert len(versions(site.root, "stream-stable")) == 4
+    site.clock.advance(timedelta(days=8))
+    if trigger == "refresh":
+        assert pub.refresh()
     else:
-        assert (root / repo.index_path("stable")).read_bytes() == old_index
-        if step in ("release_in_place", "index_staged"):  # complete, unlisted: unused
-            assert visible_files(root) - before == {
-                f"images/node/2/{n}"
-                for n in ("node-2.squashfs.img", "manifest.json", "manifest.json.sig", "install.ks")
-            }
-        else:
-            assert visible_files(root) == before
-    # the next publish finishes the job and leaves nothing behind
-    done = repository(root, key).publish(tested, image)
-    assert [e.version for e in index_of(root, key).releases] == ["2", "1"]
-    assert done.entry.version == "2"
-    leftovers = [x for x in root.rglob(".tmp-*")]
-    assert leftovers == []
+        pub.publish(*make_tested(tmp_path, "1", name="appliance", stream="edge", size=SIZE))
+    assert not any(f.exists() for f in dropped)
+    state = site.tuf().load()
+    for stream, versions_ in kept.items():  # what the role lists, all of it and nothing else
+        assert listed(pub, stream) == versions_
+        left = {p for p in (site.root / "targets" / stream).rglob("*") if p.is_file()}
+        assert left == role_files(site, stream)
+        role = f"stream-{stream}"
+        assert versions(site.root, role) == [state.targets[role].signed.version]
+    snapshot = state.snapshot.signed.version
+    assert versions(site.root, "snapshot") == [snapshot - 1, snapshot]  # the last one waits
 
 
-def test_sigkill_between_index_and_switch(tmp_path: Path, key: SigningKey) -> None:
-    """A real crash: the publishing process is killed after the new index generation is
-    written but before the stream is switched to it."""
-    root = tmp_path / "repo"
-    repository(root, key).publish(*make_tested(tmp_path, "1"))
-    old_index = (root / repo.index_path("stable")).read_bytes()
-    tested, image = make_tested(tmp_path, "2")
+@pytest.mark.parametrize(
+    ("case", "error", "match"),
+    [
+        ("failed", PublisherError, "did not pass its tests"),
+        ("rewritten", IntegrityError, "not the one tested: .*corrupt or was replaced"),
+        ("truncated", IntegrityError, "not the one tested: .*truncated"),
+    ],
+)
+def test_a_refused_image_leaves_the_repository_as_it_was(
+    site: Site, tmp_path: Path, case: str, error: type[Exception], match: str
+) -> None:
+    pub = site.publisher()
+    pub.publish(*make_tested(tmp_path, "1", size=SIZE))
+    tested, image = make_tested(tmp_path, "2", passed=case != "failed", size=SIZE)
+    if case == "rewritten":
+        image.write_bytes(os.urandom(SIZE))
+    elif case == "truncated":
+        image.write_bytes(image.read_bytes()[:-1])
+    before = tree(site.root)
+    with pytest.raises(PublisherError, match=match) as info:
+        pub.publish(tested, image)
+    assert type(info.value) is error
+    assert tree(site.root) == before
+    assert listed(pub) == ["1"]
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_crash_at_any_step_is_finished_by_the_redelivery(
+    site: Site, tmp_path: Path, step: str
+) -> None:
+    site.publisher().publish(*make_tested(tmp_path, "1", size=SIZE))
+    tested, image = make_tested(tmp_path, "2", size=SIZE)
+    with pytest.raises(Crash):
+        site.publisher(crash=crash_at(step)).publish(tested, image)
+    site.tuf().load()  # whatever happened, the repository verifies
+    host = tmp_path / "host"
+    seen = ["2", "1"] if step == "committed" else ["1"]
+    assert host_sees(site, host, pinned(site)) == seen
+    # what a writer killed mid-rename leaves: removed by the next publish
+    (site.root / "targets/stable/.tmp-x.releases.json").write_bytes(b"partial")
+    (site.root / "metadata/.tmp-9.snapshot.json-1-1").write_bytes(b"{")
+    done = site.publisher().publish(tested, image)
+    assert done.manifest.version == "2"
+    assert listed(site.publisher()) == ["2", "1"]  # published exactly once
+    assert host_sees(site, host, None) == ["2", "1"]
+    assert not list(site.root.rglob(".tmp-*"))
+    assert not site.publisher().publish(tested, image).new
+
+
+@pytest.mark.parametrize("step", STEPS[:2])
+def test_a_crashed_publish_never_gets_listed_files_deleted(
+    site: Site, tmp_path: Path, step: str
+) -> None:
+    """Nothing is redelivered after the crash; the garbage collection that runs a week later
+    must not delete files the (unchanged) metadata still lists."""
+    pub = site.publisher()
+    pub.publish(*make_tested(tmp_path, "1", size=SIZE))
+    with pytest.raises(Crash):
+        site.publisher(crash=crash_at(step)).publish(*make_tested(tmp_path, "2", size=SIZE))
+    site.clock.advance(timedelta(days=8))
+    pub.refresh()
+    missing = [f for f in role_files(site, "stable") if not f.exists()]
+    assert missing == []
+    assert listed(pub) == ["1"]
+
+
+def test_sigkill_between_the_targets_and_the_commit(site: Site, tmp_path: Path) -> None:
+    """A real crash: the publishing process is killed after the release's files are written
+    and the role edited, before anything is signed."""
+    site.publisher().publish(*make_tested(tmp_path, "1", size=SIZE))
+    before = tree(site.root, "metadata")
+    tested, image = make_tested(tmp_path, "2", size=SIZE)
     (tmp_path / "tested.json").write_text(tested.model_dump_json())
-    script = textwrap.dedent(f"""
-        import os, signal
+    script = textwrap.dedent("""
+        import os, signal, sys
         from pathlib import Path
-        from imgline.core.signing import load_signing_key
+        sys.path.insert(0, sys.argv[1])
+        from imgline.core.trust.keys import KeyDir
         from imgline.publisher.adapters.repo import Repository
         from imgline.schemas.payloads import ImageTested
+        from tufrepo import BASE
 
         def crash(step):
-            if step == "index_staged":
+            if step == "targets_placed":
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        tested_json = Path({str(tmp_path / "tested.json")!r}).read_text()
-        tested = ImageTested.model_validate_json(tested_json)
-        key = load_signing_key(Path({str(tmp_path / "keys" / "signing.key")!r}))
-        Repository(Path({str(root)!r}), key, {BASE!r}, crash=crash).publish(
-            tested, Path({str(image)!r}))
+        root, keys, tested, image = (Path(a) for a in sys.argv[2:])
+        repo = Repository(root, KeyDir(keys), BASE, crash=crash)
+        repo.publish(ImageTested.model_validate_json(tested.read_text()), image)
+        sys.exit("not killed")
     """)
-    proc = subprocess.run([sys.executable, "-c", script], check=False)
-    assert proc.returncode == -9
-    assert (root / repo.index_path("stable")).read_bytes() == old_index
-    assert [e.version for e in index_of(root, key).releases] == ["1"]
-    repository(root, key).publish(tested, image)
-    assert [e.version for e in index_of(root, key).releases] == ["2", "1"]
+    args = [TESTS_DIR, site.root, site.keys.directory, tmp_path / "tested.json", image]
+    proc = subprocess.run([sys.executable, "-c", script, *map(str, args)], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    site.tuf().load()
+    assert tree(site.root, "metadata") == before  # nothing was signed
+    assert listed(site.publisher()) == ["1"]
+    assert site.publisher().publish(tested, image).new
+    assert listed(site.publisher()) == ["2", "1"]
+    assert host_sees(site, tmp_path / "host", pinned(site)) == ["2", "1"]
 
 
-def test_tampering_is_detected(tmp_path: Path, key: SigningKey) -> None:
-    root = tmp_path / "repo"
-    done = repository(root, key).publish(*make_tested(tmp_path, "1"))
-    trusted = {key.key_id: key.public_key}
-    d = root / "images" / "node" / "1"
-    manifest = (d / "manifest.json").read_bytes()
-    forged = manifest.replace(b'"version": "1"', b'"version": "9"')
-    assert forged != manifest
-    with pytest.raises(SigningError, match="does not match"):
-        repo.verify_manifest(forged, (d / "manifest.json.sig").read_bytes(), trusted)
-    # an index signed by someone else
-    stranger = generate_key(tmp_path / "other.key")
-    index = (root / repo.index_path("stable")).read_bytes()
-    with pytest.raises(SigningError, match="not among the trusted"):
-        repo.verify_index(index, stranger.sign(index), trusted, "stable")
-    # an index for another stream, correctly signed, swapped in
-    with pytest.raises(repo.RepositoryError, match="signed for 'stable'"):
-        repo.verify_index(index, key.sign(index), trusted, "testing")
-    with pytest.raises(repo.RepositoryError, match="older than"):
-        repo.verify_index(index, key.sign(index), trusted, "stable", min_generation=2)
-    # the image
-    img = root / done.manifest.image.path
-    os.chmod(img, 0o644)
-    with img.open("r+b") as f:
-        f.seek(12345)
-        f.write(b"\0")
-    with pytest.raises(SigningError, match="sha256"):
-        verify_digest(img, done.manifest.image.sha256, done.manifest.image.size, "image")
-    # and the publisher refuses to build on a tampered index
-    (root / repo.index_path("stable")).write_bytes(
-        index.replace(b'"generation": 1', b'"generation": 7')
-    )
-    with pytest.raises(PublisherError, match="does not verify"):
-        repository(root, key).publish(*make_tested(tmp_path, "2"))
+def _edit_timestamp(site: Site) -> None:
+    path = site.root / "metadata/timestamp.json"
+    doc = json.loads(path.read_bytes())
+    doc["signed"]["expires"] = "2099-01-01T00:00:00Z"  # the signature no longer fits
+    path.write_text(json.dumps(doc))
+
+
+def _edit_role(site: Site) -> None:
+    path = site.root / f"metadata/{versions(site.root, 'stream-stable')[-1]}.stream-stable.json"
+    path.write_bytes(path.read_bytes().replace(b'"version":', b'"version": ', 1))
+
+
+def _edit_releases(site: Site) -> None:
+    (path,) = role_files(site, "stable", ["stable/releases.json"])
+    path.write_bytes(path.read_bytes().replace(b'"1"', b'"9"'))
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (_edit_timestamp, "does not verify"),
+        (_edit_role, "does not verify"),
+        (_edit_releases, "does not match its signed hash"),
+    ],
+    ids=["timestamp", "stream-role", "releases.json"],
+)
+def test_a_tampered_repository_is_not_signed_over(
+    site: Site, tmp_path: Path, edit: Callable[[Site], None], match: str
+) -> None:
+    site.publisher().publish(*make_tested(tmp_path, "1", size=SIZE))
+    edit(site)
+    before = tree(site.root)
+    with pytest.raises(PublisherError, match=match):
+        site.publisher().publish(*make_tested(tmp_path, "2", size=SIZE))
+    assert tree(site.root) == before
+
+
+@pytest.mark.parametrize(
+    ("after", "resigned"),
+    [
+        (timedelta(hours=1), []),
+        (timedelta(hours=13), ["snapshot", "timestamp"]),
+        (timedelta(days=46), ["stream-stable", "targets", "snapshot", "timestamp"]),
+    ],
+    ids=["1h", "13h", "46d"],
+)
+def test_refresh_re_signs_what_is_due(
+    site: Site, tmp_path: Path, after: timedelta, resigned: list[str]
+) -> None:
+    def signed(state: State) -> dict[str, Signed]:
+        top = {"timestamp": state.timestamp.signed, "snapshot": state.snapshot.signed}
+        return top | {role: md.signed for role, md in state.targets.items()}
+
+    pub = site.publisher()
+    pub.publish(*make_tested(tmp_path, "1", size=SIZE))
+    old = signed(site.tuf().load())
+    site.clock.advance(after)
+    assert pub.refresh() == resigned
+    new = signed(site.tuf().load())
+    assert set(new) == {"timestamp", "snapshot", "targets", "stream-stable"}
+    for role, later in new.items():
+        assert later.version == old[role].version + (role in resigned), role
+        assert later.expires > site.clock.t, role
+    assert listed(pub) == ["1"]
+    assert host_sees(site, tmp_path / "host", pinned(site)) == ["1"]
