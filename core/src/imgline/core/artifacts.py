@@ -1,4 +1,4 @@
-"""Content-addressed artefact store on a local directory (DESIGN.md section 4).
+"""Content-addressed artefact store on a local directory (docs/architecture.md, Artifacts).
 
 Images are stored under their own sha256 (``sha256/<hex>``), so a retried build that produces
 the same bytes lands on the same name, a reader can always check what it got, and nothing is

@@ -1,9 +1,9 @@
 """The liveimg format: ``squashfs.img`` containing ``LiveOS/rootfs.img``, an ext4 of the root.
 
 This is what anaconda's ``liveimg`` kickstart command and dracut's dmsquash-live understand
-(DESIGN.md section 4). The ext4 is made by ``mke2fs -d`` straight from the root tree, which needs
-neither a loop mount nor device-mapper, so assembly works in an unprivileged container as well as
-on a builder host; the squashfs only compresses that one (sparse) file.
+(docs/architecture.md, Artifacts). The ext4 is made by ``mke2fs -d`` straight from the root
+tree, which needs neither a loop mount nor device-mapper, so assembly works in an unprivileged
+container as well as on a builder host; the squashfs only compresses that one (sparse) file.
 
 Command lines are built by pure functions so tests can pin them; running them goes through
 :func:`imgline.core.runner.run`, which logs and checks every command. The read-back helpers use

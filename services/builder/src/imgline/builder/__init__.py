@@ -1,1 +1,1 @@
-"""imgline builder service (see ../shared/DESIGN.md section 2); built in its own issue."""
+"""imgline builder service: kickstart to liveimg (docs/architecture.md)."""

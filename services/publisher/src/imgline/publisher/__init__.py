@@ -1,1 +1,4 @@
-"""imgline publisher service: tested images into the signed TUF repository (docs/repository.md)."""
+"""imgline publisher service: tested images into the signed TUF repository.
+
+See docs/architecture.md and docs/repository.md.
+"""

@@ -1,1 +1,4 @@
-"""imgline tester service (see ../shared/DESIGN.md section 2); built in its own issue."""
+"""imgline tester service: integrity, content and live-boot checks of each built image.
+
+See docs/architecture.md.
+"""

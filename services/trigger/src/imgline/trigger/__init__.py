@@ -1,1 +1,4 @@
-"""imgline trigger service (see ../shared/DESIGN.md section 2); built in its own issue."""
+"""imgline trigger service: git pushes to build requests; built in its own issue.
+
+See docs/architecture.md.
+"""

@@ -1,1 +1,1 @@
-"""imgline updater service (see ../shared/DESIGN.md section 2); built in its own issue."""
+"""imgline updater service: the host agent; built in its own issue (docs/architecture.md)."""

@@ -1,10 +1,11 @@
 """``install.ks``: the kickstart that installs a release on bare metal with anaconda.
 
 Anaconda's ``liveimg`` copies the image's root file system; the partitioning puts it where the
-updater expects it (DESIGN.md section 5): one volume group ``imgline`` on the whole disk, a thin
-pool, the root as a thin LV named like the updater's first writable layer (``<name>-<version>+1``)
-and ``/var`` as a thin LV shared by all later layers. The text is validated with pykickstart
-before it is published, so a release never ships an install.ks anaconda would refuse.
+updater expects it (docs/architecture.md, Host layout): one volume group ``imgline`` on the
+whole disk, a thin pool, the root as a thin LV named like the updater's first writable layer
+(``<name>-<version>+1``) and ``/var`` as a thin LV shared by all later layers. The text is
+validated with pykickstart before it is published, so a release never ships an install.ks
+anaconda would refuse.
 
 The installed host must trust exactly this repository: ``%post`` writes the repository's
 root metadata (the TUF trust anchor, carried base64-encoded so no byte of it can end the
