@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from tuf.api.exceptions import UnsignedMetadataError
-from tuf.api.metadata import Metadata, Root, Targets
+from tuf.api.metadata import Metadata, Root
 
 from imgline.core.trust import layout
 from imgline.core.trust.errors import TrustError
@@ -90,13 +90,19 @@ def new_root(
 
 
 def _resign_after(repo: TufRepository, state: State, role: str) -> None:
-    """Sign ``role`` again (and what lists it) so its metadata carries the new keys."""
-    changed: dict[str, Targets] = {}
-    if role == "targets" or layout.stream_of_role(role) is not None:
-        changed[role] = _copy(state.targets[role].signed)
+    """Sign a top-level ``role`` again (and what lists it) so it carries the new root's keys;
+    a new root itself needs nothing more."""
     if role == "root":
         return
+    changed = {role: _copy(state.targets[role].signed)} if role == "targets" else {}
     repo.commit(state, changed)
+
+
+def _require_root_keys(role: str, root_keys: KeyDir | None) -> None:
+    """Keys of top-level roles are named in the root, so changing them needs the root keys;
+    checked before any key is made."""
+    if role in layout.TOP_LEVEL and root_keys is None:
+        raise TrustError(f"the keys of {role} are named in the root: pass --root-keys")
 
 
 def _apply(
@@ -119,9 +125,8 @@ def _apply(
             f"role {role} would keep {len(final)} key(s) for a threshold of {new_threshold}: "
             "add a key first or lower the threshold"
         )
-    if role in layout.TOP_LEVEL:
-        if root_keys is None:
-            raise TrustError(f"the keys of {role} are named in the root: pass --root-keys")
+    _require_root_keys(role, root_keys)
+    if root_keys is not None and role in layout.TOP_LEVEL:
 
         def edit(root: Root) -> None:
             for keyid in remove:
@@ -176,8 +181,7 @@ def add_key(
         state = repo.load()
         _role_spec(state, role)
         store = _key_dir_for(repo, role, root_keys)
-        if role in layout.TOP_LEVEL and root_keys is None:
-            raise TrustError(f"the keys of {role} are named in the root: pass --root-keys")
+        _require_root_keys(role, root_keys)
         key = store.generate(role)
         with _undo_keys(store, role, [key]):
             return _apply(repo, state, role, root_keys, add=[key], remove=[], threshold=threshold)
@@ -193,8 +197,7 @@ def rotate(repo: TufRepository, role: str, *, root_keys: KeyDir | None = None) -
         held = [k.keyid for k in store.keys(role) if k.keyid in keyids]
         if not held:
             raise TrustError(f"none of the keys of {role} is in {store.role_dir(role)}")
-        if role in layout.TOP_LEVEL and root_keys is None:
-            raise TrustError(f"the keys of {role} are named in the root: pass --root-keys")
+        _require_root_keys(role, root_keys)
         new = [store.generate(role) for _ in held]
         with _undo_keys(store, role, new):
             change = _apply(repo, state, role, root_keys, add=new, remove=held, threshold=None)
