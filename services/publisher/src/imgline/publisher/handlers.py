@@ -14,7 +14,7 @@ from fedora_messaging import message as fm_message
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from imgline.core.fetch import local_path
-from imgline.publisher.adapters.repo import Repository, published_event_fields
+from imgline.publisher.adapters.repo import Repository, published_event
 from imgline.publisher.domain import release
 from imgline.publisher.errors import IntegrityError, RetiredError
 from imgline.publisher.settings import PublisherConfig
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class PublishMetrics:
-    """Dashboard view: releases published and rejected, and the metadata versions and expiry."""
+    """Dashboard view: releases published and rejected, and each stream role's version."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.published = Counter(
@@ -78,13 +78,7 @@ class PublishHandler:
                 return
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        event = p.ImagePublished(
-            build_id=tested.build_id,
-            name=img.name,
-            version=img.version,
-            stream=img.stream,
-            **published_event_fields(self.repo, done),  # type: ignore[arg-type]
-        )
+        event = published_event(self.repo, tested.build_id, done)
         self.publish(ImagePublishedV1.from_payload(event, self.prefix))
         if done.new:
             self.metrics.published.labels(img.stream).inc()

@@ -147,10 +147,6 @@ class Repository:
     def targets_url(self) -> str:
         return self.base_url + layout.TARGETS_DIR + "/"
 
-    @property
-    def metadata_url(self) -> str:
-        return self.base_url + layout.METADATA_DIR + "/"
-
     def url_of(self, target: str, sha256: str) -> str:
         return self.targets_url + layout.hashed_path(target, sha256)
 
@@ -176,7 +172,7 @@ class Repository:
         return layout.ReleaseIndex.model_validate_json(data)
 
     def _target_bytes(self, info: TargetFile) -> bytes:
-        path = self.tuf.targets_dir / layout.hashed_path(info.path, info.hashes["sha256"])
+        path = self._file_of(info)
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != info.hashes["sha256"]:
             raise PublisherError(f"{path} does not match its signed hash: restore it")
@@ -200,7 +196,8 @@ class Repository:
             state = self.load()
             if record is not None and record.state == "published" and record.manifest:
                 return self._describe(state, record.manifest, new=False)
-            listed = self.releases(state, img.stream).find(img.name, img.version)
+            current = self.releases(state, img.stream)  # verified before anything is written
+            listed = current.find(img.name, img.version)
             if record is not None and listed is not None and listed.build_id == tested.build_id:
                 # a crash after the commit, before the ledger said so: finish the record only
                 info = state.role(layout.stream_role(img.stream))
@@ -225,7 +222,7 @@ class Repository:
             manifest = release.manifest(tested, self.clock())
             changed: dict[str, Targets] = {}
             role = self.tuf.ensure_stream(state, img.stream, changed)
-            retired = self._place_release(state, tested, manifest, image_file, role)
+            retired = self._place_release(current, tested, manifest, image_file, role)
             self.crash("targets_placed")
             commit = self.tuf.commit(state, changed)
             self.tuf.retire(retired)  # only once nothing current lists them
@@ -269,7 +266,7 @@ class Repository:
 
     def _place_release(
         self,
-        state: State,
+        current: layout.ReleaseIndex,
         tested: p.ImageTested,
         manifest: layout.Manifest,
         image_file: Path,
@@ -282,7 +279,6 @@ class Repository:
             verify_digest(image_file, img.artifact.sha256, img.artifact.size, "image")
         except ArtifactError as exc:
             raise IntegrityError(f"the image is not the one tested: {exc}") from exc
-        current = self.releases(state, img.stream)  # verified before anything is written
         custom = {
             "imgline": {"name": img.name, "version": img.version, "build_id": tested.build_id}
         }
@@ -332,7 +328,7 @@ class Repository:
         return retired
 
     def _public_path(self, info: TargetFile) -> str:
-        return f"{layout.TARGETS_DIR}/{layout.hashed_path(info.path, info.hashes['sha256'])}"
+        return self._file_of(info).relative_to(self.root).as_posix()
 
     def _file_of(self, info: TargetFile) -> Path:
         return self.tuf.targets_dir / layout.hashed_path(info.path, info.hashes["sha256"])
@@ -382,26 +378,25 @@ class Repository:
                 leftover.unlink(missing_ok=True)
 
 
-def published_event_fields(repo: Repository, done: Published) -> dict[str, object]:
-    """The fields of image.published that describe where the release is."""
+def published_event(repo: Repository, build_id: str, done: Published) -> p.ImagePublished:
+    """``image.published`` for a release: where it is, and the metadata versions that list it."""
     m = done.manifest
-    return {
-        "manifest_url": repo.url_of(
-            layout.manifest_target(m.stream, m.name, m.version), done.manifest_sha256
-        ),
-        "manifest_sha256": done.manifest_sha256,
-        "image_url": repo.url_of(m.image, m.image_sha256),
-        "image_sha256": m.image_sha256,
-        "image_size": m.image_size,
-        "repository_url": repo.base_url,
-        "targets": {
-            "image": m.image,
-            "manifest": layout.manifest_target(m.stream, m.name, m.version),
-            "install_ks": m.install_ks,
-        },
-        "key_id": ",".join(k[:16] for k in done.key_ids),
-        "role": done.role,
-        "role_version": done.role_version,
-        "snapshot_version": done.snapshot_version,
-        "timestamp_version": done.timestamp_version,
-    }
+    manifest = layout.manifest_target(m.stream, m.name, m.version)
+    return p.ImagePublished(
+        build_id=build_id,
+        name=m.name,
+        version=m.version,
+        stream=m.stream,
+        manifest_url=repo.url_of(manifest, done.manifest_sha256),
+        manifest_sha256=done.manifest_sha256,
+        image_url=repo.url_of(m.image, m.image_sha256),
+        image_sha256=m.image_sha256,
+        image_size=m.image_size,
+        key_id=",".join(k[:16] for k in done.key_ids),
+        repository_url=repo.base_url,
+        targets=p.PublishedTargets(image=m.image, manifest=manifest, install_ks=m.install_ks),
+        role=done.role,
+        role_version=done.role_version,
+        snapshot_version=done.snapshot_version,
+        timestamp_version=done.timestamp_version,
+    )
