@@ -325,14 +325,23 @@ def test_trickling_server_is_given_up_on(site: Site, mirror: Mirror, tmp_path: P
 # --- wrong software -------------------------------------------------------------------------
 
 
-def test_another_streams_role_cannot_hand_out_this_streams_targets(tmp_path: Path) -> None:
-    """The beta stream's signer (here: the publisher's own beta key) lists a target under
-    stable/: hosts of stable never see it, because only stream-stable is trusted there."""
+@pytest.fixture
+def two_streams(tmp_path: Path) -> Site:
+    """node-1 in stable, node-2 in beta, each stream with its own role and key."""
     site = make_site(tmp_path)
     pub = site.publisher()
     for version, stream in (("1", "stable"), ("2", "beta")):
         tested, image = make_tested(tmp_path, version, stream=stream)
         pub.publish(tested, image)
+    return site
+
+
+def test_another_streams_role_cannot_hand_out_this_streams_targets(
+    two_streams: Site, tmp_path: Path
+) -> None:
+    """The beta stream's signer (here: the publisher's own beta key) lists a target under
+    stable/: hosts of stable never see it, because only stream-stable is trusted there."""
+    site = two_streams
     with mirror_of(site.root, tmp_path / "mirror") as m:
         path = "stable/node/9/node-9.squashfs.img"
         slip_in(site, m.directory, "stream-beta", path, online(site, "stream-beta"))
@@ -341,12 +350,8 @@ def test_another_streams_role_cannot_hand_out_this_streams_targets(tmp_path: Pat
         assert host.latest("stable", "node").version == "1"  # type: ignore[union-attr]
 
 
-def test_a_release_list_of_another_stream_is_refused(tmp_path: Path) -> None:
-    site = make_site(tmp_path)
-    pub = site.publisher()
-    for version, stream in (("1", "stable"), ("2", "beta")):
-        tested, image = make_tested(tmp_path, version, stream=stream)
-        pub.publish(tested, image)
+def test_a_release_list_of_another_stream_is_refused(two_streams: Site, tmp_path: Path) -> None:
+    site = two_streams
     with mirror_of(site.root, tmp_path / "mirror") as m:
         tuf = site.tuf()
         state = tuf.load()
