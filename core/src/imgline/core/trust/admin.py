@@ -43,20 +43,6 @@ class KeyChange:
     root_version: int
 
 
-def _role_spec(state: State, role: str) -> tuple[list[str], int]:
-    if role in layout.TOP_LEVEL:
-        spec = state.root.signed.roles[role]
-        return list(spec.keyids), spec.threshold
-    delegations = state.top.delegations
-    if delegations is None or not delegations.roles or role not in delegations.roles:
-        known = ", ".join(state.streams()) or "none yet"
-        raise TrustError(
-            f"no role {role!r}: stream roles are named stream-<stream> (streams: {known})"
-        )
-    spec = delegations.roles[role]
-    return list(spec.keyids), spec.threshold
-
-
 def new_root(
     repo: TufRepository, state: State, root_keys: KeyDir, edit: Callable[[Root], None]
 ) -> Metadata[Root]:
@@ -115,7 +101,8 @@ def _apply(
     remove: list[str],
     threshold: int | None,
 ) -> KeyChange:
-    keyids, old_threshold = _role_spec(state, role)
+    spec = state.spec(role)
+    keyids, old_threshold = list(spec.keyids), spec.threshold
     final = [k for k in keyids if k not in remove] + [k.keyid for k in add]
     new_threshold = threshold or old_threshold
     if new_threshold < 1:
@@ -179,7 +166,7 @@ def add_key(
     """A new key for ``role`` (and optionally a new threshold)."""
     with repo.locked():
         state = repo.load()
-        _role_spec(state, role)
+        state.spec(role)  # an unknown role is refused before a key is made
         store = _key_dir_for(repo, role, root_keys)
         _require_root_keys(role, root_keys)
         key = store.generate(role)
@@ -192,7 +179,7 @@ def rotate(repo: TufRepository, role: str, *, root_keys: KeyDir | None = None) -
     signer's) stay. Old key files are renamed ``.revoked``."""
     with repo.locked():
         state = repo.load()
-        keyids, _ = _role_spec(state, role)
+        keyids = list(state.spec(role).keyids)
         store = _key_dir_for(repo, role, root_keys)
         held = [k.keyid for k in store.keys(role) if k.keyid in keyids]
         if not held:
@@ -213,7 +200,7 @@ def revoke(
     longer trusted once hosts see the new version."""
     with repo.locked():
         state = repo.load()
-        keyids, _ = _role_spec(state, role)
+        keyids = list(state.spec(role).keyids)
         matches = [k for k in keyids if k.startswith(keyid)] if len(keyid) >= 8 else []
         if len(matches) != 1:
             raise TrustError(

@@ -107,6 +107,19 @@ class State:
     def role(self, name: str) -> Metadata[Targets] | None:
         return self.targets.get(name)
 
+    def spec(self, role: str) -> Role:
+        """Who may sign ``role`` (key ids, threshold): the root names the top-level roles,
+        the targets role delegates the streams."""
+        if role in layout.TOP_LEVEL:
+            return self.root.signed.roles[role]
+        delegations = self.top.delegations
+        if delegations is None or not delegations.roles or role not in delegations.roles:
+            known = ", ".join(self.streams()) or "none yet"
+            raise TrustError(
+                f"no role {role!r}: stream roles are named stream-<stream> (streams: {known})"
+            )
+        return delegations.roles[role]
+
 
 @dataclass(frozen=True)
 class Commit:
@@ -248,20 +261,13 @@ class TufRepository:
 
     # --- signing ----------------------------------------------------------------------------
 
-    def _role_of(self, state: State, role: str) -> tuple[Root | Targets, Role]:
-        if role in layout.TOP_LEVEL:
-            return state.root.signed, state.root.signed.roles[role]
-        delegations = state.top.delegations
-        if delegations is None or delegations.roles is None or role not in delegations.roles:
-            raise TrustError(f"no role {role!r} in this repository")
-        return state.top, delegations.roles[role]
-
-    @staticmethod
-    def _signers(keyids: list[str], threshold: int, role: str, keys: KeyDir) -> list[SigningKey]:
-        have = [k for k in keys.keys(role) if k.keyid in keyids]
-        if len(have) < threshold:
+    def _signers(self, state: State, role: str) -> list[SigningKey]:
+        spec = state.spec(role)
+        have = [k for k in self.keys.keys(role) if k.keyid in spec.keyids]
+        if len(have) < spec.threshold:
             raise TrustError(
-                f"role {role} needs {threshold} signature(s) but {keys.role_dir(role)} holds "
+                f"role {role} needs {spec.threshold} signature(s) but "
+                f"{self.keys.role_dir(role)} holds "
                 f"{len(have)} of its keys: add the missing key files, or lower the threshold"
             )
         return have
@@ -269,19 +275,12 @@ class TufRepository:
     def check_keys(self, state: State) -> None:
         """Every online role can be signed with the keys at hand: found at start-up, not hours
         later when the timestamp falls due."""
-        for role in (
-            "targets",
-            "snapshot",
-            "timestamp",
-            *(r for r in state.targets if r != "targets"),
-        ):
-            _, spec = self._role_of(state, role)
-            self._signers(spec.keyids, spec.threshold, role, self.keys)
+        for role in {*TOP_ONLINE, *state.targets}:
+            self._signers(state, role)
 
     def _sign(self, state: State, role: str, md: Metadata[Any]) -> None:
-        _, spec = self._role_of(state, role)
         md.signatures.clear()
-        for key in self._signers(spec.keyids, spec.threshold, role, self.keys):
+        for key in self._signers(state, role):
             md.sign(key.signer, append=True)
 
     def _bump(self, signed: Signed, role: str, now: datetime) -> None:
