@@ -7,9 +7,12 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from tuf.api.metadata import Signed
 
 from imgline.core import logs
 from imgline.core.broker import PrivateBroker
@@ -67,11 +70,7 @@ def _repo(args: argparse.Namespace) -> TufRepository:
 
 def _root_keys(args: argparse.Namespace) -> KeyDir | None:
     if args.root_keys is None:
-        role = getattr(args, "role", None)
-        if role in layout.TOP_LEVEL:
-            # checked here, before any key is made: the root names the keys of these roles
-            raise ImglineError(f"the keys of {role} are named in the root: pass --root-keys")
-        return None
+        return None  # the ceremonies refuse, before making any key, when a role needs them
     return _existing_dir(args.root_keys, "mount the offline root keys", "--root-keys")
 
 
@@ -137,28 +136,31 @@ def _report_change(
         print(f"move the new root key(s) OFFLINE with the others: {store.role_dir('root')}")
 
 
-def _repo_add_key(args: argparse.Namespace) -> int:
+def _key_ceremony(
+    args: argparse.Namespace,
+    ceremony: Callable[[TufRepository, KeyDir | None], admin.KeyChange],
+) -> int:
     repo, root_keys = _repo(args), _root_keys(args)
     before = repo.root_version()
-    change = admin.add_key(repo, args.role, root_keys=root_keys, threshold=args.threshold)
-    _report_change(repo, root_keys, change, before)
+    _report_change(repo, root_keys, ceremony(repo, root_keys), before)
     return 0
+
+
+def _repo_add_key(args: argparse.Namespace) -> int:
+    return _key_ceremony(
+        args,
+        lambda repo, rk: admin.add_key(repo, args.role, root_keys=rk, threshold=args.threshold),
+    )
 
 
 def _repo_rotate(args: argparse.Namespace) -> int:
-    repo, root_keys = _repo(args), _root_keys(args)
-    before = repo.root_version()
-    change = admin.rotate(repo, args.role, root_keys=root_keys)
-    _report_change(repo, root_keys, change, before)
-    return 0
+    return _key_ceremony(args, lambda repo, rk: admin.rotate(repo, args.role, root_keys=rk))
 
 
 def _repo_revoke(args: argparse.Namespace) -> int:
-    repo, root_keys = _repo(args), _root_keys(args)
-    before = repo.root_version()
-    change = admin.revoke(repo, args.role, args.keyid, root_keys=root_keys)
-    _report_change(repo, root_keys, change, before)
-    return 0
+    return _key_ceremony(
+        args, lambda repo, rk: admin.revoke(repo, args.role, args.keyid, root_keys=rk)
+    )
 
 
 def _repo_resign_root(args: argparse.Namespace) -> int:
@@ -191,22 +193,15 @@ def _describe(repo: TufRepository, state: State) -> dict[str, Any]:
             "keyids": list(keyids),
         }
 
-    for role in layout.TOP_LEVEL:
-        spec = root.roles[role]
-        signed = {
-            "root": root,
-            "timestamp": state.timestamp.signed,
-            "snapshot": state.snapshot.signed,
-            "targets": state.top,
-        }[role]
+    signed_of: dict[str, Signed] = {
+        "root": root,
+        "timestamp": state.timestamp.signed,
+        "snapshot": state.snapshot.signed,
+    }
+    signed_of.update((role, md.signed) for role, md in state.targets.items())
+    for role in (*layout.TOP_LEVEL, *map(layout.stream_role, state.streams())):
+        spec, signed = state.spec(role), signed_of[role]
         roles[role] = entry(signed.version, signed.expires, spec.keyids, spec.threshold)
-    delegations = state.top.delegations
-    for stream in state.streams():
-        role = layout.stream_role(stream)
-        md = state.targets[role]
-        assert delegations is not None and delegations.roles is not None  # noqa: S101
-        spec = delegations.roles[role]
-        roles[role] = entry(md.signed.version, md.signed.expires, spec.keyids, spec.threshold)
     return {
         "repository": str(repo.root_dir),
         "root_version": root.version,
