@@ -10,6 +10,11 @@ import re
 from collections.abc import Iterable
 from datetime import date
 
+# The ordering lives in core since the updater needs it too; re-exported for builder callers.
+from imgline.core.versions import version_key
+
+__all__ = ["next_version", "release_name", "version_key"]
+
 _AUTO = re.compile(r"^(\d{8})\.(\d+)$")
 
 
@@ -24,10 +29,3 @@ def release_name(name: str, version: str) -> str:
     """``<name>-<version>``: how files, LVs and log lines name one image."""
     return f"{name}-{version}"
 
-
-def version_key(version: str) -> tuple[int, int] | tuple[int, str]:
-    """Sort key: automatic versions by (date, n); pinned versions after them, by text."""
-    m = _AUTO.match(version)
-    if m:
-        return (int(m.group(1)), int(m.group(2)))
-    return (99999999, version)
