@@ -28,4 +28,3 @@ def next_version(today: date, existing: Iterable[str]) -> str:
 def release_name(name: str, version: str) -> str:
     """``<name>-<version>``: how files, LVs and log lines name one image."""
     return f"{name}-{version}"
-
