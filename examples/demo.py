@@ -46,7 +46,7 @@ from imgline.core.trust.repository import TufRepository
 from imgline.publisher import http
 from imgline.publisher.__main__ import build_consumer as build_publisher
 from imgline.schemas import payloads as p
-from imgline.schemas.messages import BuildRequestedV1
+from imgline.schemas.messages import BuildRequestedV1, ImagePublishedV1
 from imgline.tester.__main__ import build_consumer as build_tester
 
 REPO = Path(__file__).resolve().parents[1]
@@ -219,7 +219,7 @@ def run() -> int:
         )
         # bound before anything is published (the exchange exists once the services' do)
         watch = ch.queue_declare("", exclusive=True).method.queue
-        for topic in ("image.built", "build.failed", "image.tested", "image.published"):
+        for topic in ("image.built", "build.failed", "image.tested", ImagePublishedV1.binding()):
             ch.queue_bind(watch, settings.exchange, settings.routing_key(topic))
 
         url_git, commit = vendor_repo(Path(tmp) / "vendor")

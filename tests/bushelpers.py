@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -122,7 +123,8 @@ def service_process(
     consumer_config: dict[str, str],
 ) -> Iterator[ServiceProcess]:
     """Start ``imgline-<service>`` with a config written to ``tmp``; stop it with SIGTERM."""
-    exchange = f"{service}{os.getpid()}"
+    # unique per call: a test that fails half-way must not leave work for the next one's service
+    exchange = f"{service}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     config = tmp / f"{service}.toml"
     table = "".join(f"{k} = {json.dumps(v)}\n" for k, v in consumer_config.items())
     config.write_text(

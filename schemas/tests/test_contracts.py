@@ -63,7 +63,8 @@ def test_round_trip_through_fedora_messaging_serialisation(
 ) -> None:
     payload = cls.payload_model.model_validate(example(cls))
     msg = cls.from_payload(payload, prefix="acme")
-    assert msg.topic == f"acme.{cls.topic_suffix}"
+    assert msg.topic == f"acme.{cls.routing_topic(payload)}"
+    assert msg.topic.startswith(f"acme.{cls.topic_suffix}")
     (back,) = fm_message.loads(fm_message.dumps(msg))
     assert type(back) is cls
     assert back == msg
@@ -72,6 +73,29 @@ def test_round_trip_through_fedora_messaging_serialisation(
     wire = fm_message.get_message(msg.topic, msg._properties, msg._encoded_body)
     assert type(wire) is cls
     assert wire.payload == payload
+
+
+def test_only_image_published_carries_more_than_its_topic_in_the_routing_key() -> None:
+    extended = {
+        cls
+        for cls in m.ALL_MESSAGES
+        if cls.routing_topic(cls.payload_model.model_validate(example(cls))) != cls.topic_suffix
+    }
+    assert extended == {m.ImagePublishedV1}
+
+
+def test_image_published_routing_key_carries_the_stream() -> None:
+    body = example(m.ImagePublishedV1)
+    for stream in ("stable", "beta.canary"):
+        payload = p.ImagePublished.model_validate({**body, "stream": stream})
+        msg = m.ImagePublishedV1.from_payload(payload, prefix="acme")
+        assert msg.topic == f"acme.image.published.{stream}"
+        assert m.ImagePublishedV1.binding(stream) == f"image.published.{stream}"
+        # consumers decode by the schema header, whatever the key carries
+        wire = fm_message.get_message(msg.topic, msg._properties, msg._encoded_body)
+        assert type(wire) is m.ImagePublishedV1
+        assert wire.payload == payload
+    assert m.ImagePublishedV1.binding() == "image.published.#"
 
 
 @pytest.mark.parametrize("cls", m.ALL_MESSAGES, ids=lambda c: c.topic_suffix)

@@ -93,7 +93,8 @@ def test_passed_image_is_published_and_failed_one_rejected(
         amqp_url,
         tmp_path,
         consumes=("image.tested",),
-        emits=("image.published", "image.rejected"),
+        # only the stream-suffixed key reaches this binding: the event says its stream
+        emits=(ImagePublishedV1.binding("stable"), "image.rejected"),
         consumer_config=config,
     ) as svc:
         svc.publish(ImageTestedV1.from_payload(bad))

@@ -73,12 +73,21 @@ class ImglineMessage(fm_message.Message, Generic[P]):
     topic_suffix: ClassVar[str] = ""
 
     @classmethod
+    def routing_topic(cls, payload: P) -> str:
+        """The routing key after the prefix; subclasses append what consumers select on."""
+        return cls.topic_suffix
+
+    @classmethod
     def from_payload(cls, payload: P, prefix: str = DEFAULT_PREFIX) -> ImglineMessage[P]:
-        """A message ready to publish with routing key ``<prefix>.<topic>``."""
+        """A message ready to publish with routing key ``<prefix>.<routing_topic(payload)>``.
+
+        Consumers find the class by the schema header, never by the key, so a key that carries
+        more than the topic (``image.published.<stream>``) still decodes.
+        """
         if not isinstance(payload, cls.payload_model):
             raise TypeError(f"{cls.__name__} carries {cls.payload_model.__name__}, not {payload!r}")
         body = json.loads(payload.model_dump_json())
-        return cls(body=body, topic=f"{prefix}.{cls.topic_suffix}")
+        return cls(body=body, topic=f"{prefix}.{cls.routing_topic(payload)}")
 
     def validate(self) -> None:
         """Check the headers as fedora-messaging does, and the body with the payload model.
@@ -218,9 +227,23 @@ class ImageRejectedV1(ImglineMessage[p.ImageRejected]):
 
 
 class ImagePublishedV1(ImglineMessage[p.ImagePublished]):
-    """``image.published``: an image is in the signed repository."""
+    """``image.published.<stream>``: an image is in the signed repository.
+
+    The stream is in the routing key so that the broker, not every host, filters: a host binds
+    its queue to its own stream and never hears of the others.
+    """
 
     payload_model = p.ImagePublished
+
+    @classmethod
+    def routing_topic(cls, payload: p.ImagePublished) -> str:
+        return cls.binding(payload.stream)
+
+    @classmethod
+    def binding(cls, stream: str | None = None) -> str:
+        """What a queue binds (after the prefix): one stream's releases, or, without a stream,
+        every stream's (``image.published.#``: a stream name may itself contain dots)."""
+        return f"{cls.topic_suffix}.{stream if stream is not None else '#'}"
 
     @property
     def summary(self) -> str:

@@ -16,7 +16,8 @@ from pika.exceptions import ChannelClosedByBroker
 from imgline.core.config import BusSettings
 from imgline.core.errors import BrokerError
 
-#: Which topics each pipeline service consumes. Host updaters bind per host at run time.
+#: Which topics each pipeline service consumes. Host updaters declare a queue per host at run
+#: time, bound to their own stream (``image.published.<stream>``; ``imgline.updater.agent``).
 SERVICE_TOPICS: dict[str, tuple[str, ...]] = {
     "builder": ("build.requested",),
     "tester": ("image.built",),
