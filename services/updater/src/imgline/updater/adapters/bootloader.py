@@ -1,0 +1,299 @@
+"""The boot loaders a host may use, behind one interface: where entries live, how the default
+switches with a boot counter, how a boot is blessed or falls back.
+
+Both keep Boot Loader Specification entries in ``<boot>/loader/entries`` on the ESP (mounted at
+``/boot``) and the kernels in ``<boot>/imgline/<layer>/``:
+
+- GRUB (BIOS) has no BLS support on Debian, so ``grub.cfg`` is rendered from the entries, and
+  the default, the fallback and the ``boot_counter`` live in ``grubenv`` (one 1024-byte file
+  replaced by rename, so a switch is atomic). GRUB counts down and falls back on its own.
+- systemd-boot counts in the entry's file name (``<id>+LEFT-DONE.conf``), sorts entries with
+  no tries left last, and picks the first entry matching ``imgline-<name>-*``. An entry is
+  written as ``+0`` (never preferred) and the switch is one rename to ``+<tries>``.
+
+docs/updater.md ("Boot counting") explains both from the admin's side.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from imgline.core.fsutil import fsync_dir
+from imgline.updater.adapters.system import System
+from imgline.updater.domain import bootentry
+from imgline.updater.domain.bootentry import Entry
+from imgline.updater.errors import UpdaterError
+
+ENTRIES = Path("loader/entries")
+
+
+@dataclass(frozen=True)
+class BootStatus:
+    """What the loader says about this boot: which entry it preferred, whether it fell back."""
+
+    fell_back: bool
+    tries_left: int | None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+class BootLoader(Protocol):
+    kind: str
+
+    def install(self, system: System, disk: Path, layer_root: Path) -> None: ...
+    def entries(self) -> list[Entry]: ...
+    def add(self, entry: Entry) -> None: ...
+    def remove(self, entry_id: str) -> None: ...
+    def switch(self, new: Entry, fallback: Entry | None, tries: int) -> None: ...
+    def set_default(self, entry: Entry, newer: Sequence[Entry]) -> None: ...
+    def status(self, entry: Entry) -> BootStatus: ...
+    def bless(self, entry: Entry) -> None: ...
+    def mark_bad(self, entry: Entry, fallback: Entry) -> None: ...
+
+
+class _Entries:
+    """BLS entry files, whatever counter their names carry."""
+
+    def __init__(self, boot: Path) -> None:
+        self.boot = boot
+        self.dir = boot / ENTRIES
+
+    def files(self) -> dict[str, Path]:
+        found: dict[str, Path] = {}
+        if self.dir.is_dir():
+            for path in sorted(self.dir.glob("imgline-*.conf")):
+                entry_id, _left, _done = bootentry.parse_name(path.name)
+                found[entry_id] = path
+        return found
+
+    def entries(self) -> list[Entry]:
+        return [bootentry.parse_bls(p.read_text(), i) for i, p in self.files().items()]
+
+    def write(self, entry: Entry, name: str) -> None:
+        old = self.files().get(entry.id)
+        write_atomic(self.dir / name, bootentry.render_bls(entry).encode())
+        if old is not None and old.name != name:
+            old.unlink()
+            fsync_dir(self.dir)
+
+    def remove(self, entry_id: str) -> None:
+        path = self.files().get(entry_id)
+        if path is not None:
+            path.unlink()
+            fsync_dir(self.dir)
+
+    def rename(self, entry_id: str, name: str) -> None:
+        path = self.files().get(entry_id)
+        if path is None:
+            raise UpdaterError(f"boot entry {entry_id} is missing from {self.dir}", "boot_entry")
+        if path.name != name:
+            os.replace(path, self.dir / name)
+            fsync_dir(self.dir)
+
+
+class Grub:
+    """GRUB for BIOS hosts: core.img in the BIOS boot partition, config and env on the ESP."""
+
+    kind = "grub"
+    MODULES = (
+        "biosdisk",
+        "part_gpt",
+        "fat",
+        "ext2",
+        "normal",
+        "configfile",
+        "loadenv",
+        "test",
+        "echo",
+        "linux",
+        "search",
+        "serial",
+        "terminal",
+        "halt",
+        "reboot",
+        "sleep",
+    )
+
+    def __init__(self, boot: Path, tries: int) -> None:
+        self.boot = boot
+        self.tries = tries
+        self._entries = _Entries(boot)
+        self.cfg = boot / "grub" / "grub.cfg"
+        self.env = boot / "grub" / "grubenv"
+
+    def install(self, system: System, disk: Path, layer_root: Path) -> None:
+        """Put GRUB's boot sector and core image on ``disk`` from the image's own GRUB files,
+        with the ESP (partition 2) as its prefix; no probing of the running system."""
+        modules = layer_root / "usr/lib/grub/i386-pc"
+        if not (modules / "boot.img").is_file():
+            raise UpdaterError(
+                "the image has no GRUB for BIOS (usr/lib/grub/i386-pc): add grub-pc-bin to its "
+                "%packages, or install with --boot-loader systemd-boot",
+                "boot_loader",
+            )
+        target = self.boot / "grub" / "i386-pc"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(modules, target)
+        mkimage = layer_root / "usr/bin/grub-mkimage"
+        setup = layer_root / "usr/lib/grub/i386-pc/grub-bios-setup"
+        setup = setup if setup.exists() else layer_root / "usr/sbin/grub-bios-setup"
+        system.run(
+            "boot_loader",
+            [
+                mkimage,
+                "-O",
+                "i386-pc",
+                "-d",
+                modules,
+                "-o",
+                target / "core.img",
+                "-p",
+                "(hd0,gpt2)/grub",
+                *self.MODULES,
+            ],
+        )
+        devmap = self.boot / "grub" / "device.map"
+        devmap.write_text(f"(hd0) {disk}\n")
+        system.run("boot_loader", [setup, "-d", target, "-m", devmap, "--", str(disk)])
+        self._write_cfg()
+        if not self.env.exists():
+            write_atomic(self.env, bootentry.render_grubenv({}))
+
+    def _read_env(self) -> dict[str, str]:
+        return bootentry.parse_grubenv(self.env.read_bytes()) if self.env.exists() else {}
+
+    def _write_env(self, values: dict[str, str]) -> None:
+        write_atomic(self.env, bootentry.render_grubenv(values))
+
+    def _write_cfg(self) -> None:
+        entries = self._entries.entries()
+        write_atomic(self.cfg, bootentry.render_grub_cfg(entries, self.tries).encode())
+
+    def entries(self) -> list[Entry]:
+        return self._entries.entries()
+
+    def add(self, entry: Entry) -> None:
+        self._entries.write(entry, bootentry.plain_name(entry.id))
+        self._write_cfg()
+
+    def remove(self, entry_id: str) -> None:
+        self._entries.remove(entry_id)
+        self._write_cfg()
+
+    def switch(self, new: Entry, fallback: Entry | None, tries: int) -> None:
+        env = self._read_env()
+        env["imgline_default"] = new.id
+        env.pop("imgline_fell_back", None)
+        if fallback is None:
+            env.pop("imgline_fallback", None)
+            env.pop("boot_counter", None)
+        else:
+            env["imgline_fallback"] = fallback.id
+            env["boot_counter"] = str(tries)
+        self._write_env(env)
+
+    def set_default(self, entry: Entry, newer: Sequence[Entry]) -> None:
+        env = self._read_env()
+        env["imgline_default"] = entry.id
+        for key in ("imgline_fallback", "boot_counter", "imgline_fell_back"):
+            env.pop(key, None)
+        self._write_env(env)
+
+    def status(self, entry: Entry) -> BootStatus:
+        env = self._read_env()
+        left = env.get("boot_counter")
+        return BootStatus(
+            fell_back=env.get("imgline_fell_back") == "1",
+            tries_left=int(left) if left and left.isdigit() else None,
+        )
+
+    def bless(self, entry: Entry) -> None:
+        self.set_default(entry, ())
+
+    def mark_bad(self, entry: Entry, fallback: Entry) -> None:
+        self.set_default(fallback, ())
+
+
+class SystemdBoot:
+    """systemd-boot for UEFI hosts: the boot counter is the entry's file name."""
+
+    kind = "systemd-boot"
+
+    def __init__(self, boot: Path, name: str) -> None:
+        self.boot = boot
+        self.name = name
+        self._entries = _Entries(boot)
+
+    def install(self, system: System, disk: Path, layer_root: Path) -> None:
+        """Copy the image's systemd-boot to the ESP's removable-media path (no EFI variables
+        needed, so it works on any firmware) and write loader.conf."""
+        efi = layer_root / "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+        if not efi.is_file():
+            raise UpdaterError(
+                "the image has no systemd-boot (usr/lib/systemd/boot/efi/systemd-bootx64.efi): "
+                "add systemd-boot to its %packages, or install with --boot-loader grub",
+                "boot_loader",
+            )
+        for rel in ("EFI/BOOT/BOOTX64.EFI", "EFI/systemd/systemd-bootx64.efi"):
+            write_atomic(self.boot / rel, efi.read_bytes())
+        pattern = f"imgline-{self.name}-*"
+        write_atomic(
+            self.boot / "loader/loader.conf", bootentry.render_loader_conf(pattern).encode()
+        )
+
+    def entries(self) -> list[Entry]:
+        return self._entries.entries()
+
+    def add(self, entry: Entry) -> None:
+        # +0: present but never preferred until the switch renames it
+        self._entries.write(entry, bootentry.counted_name(entry.id, 0))
+
+    def remove(self, entry_id: str) -> None:
+        self._entries.remove(entry_id)
+
+    def switch(self, new: Entry, fallback: Entry | None, tries: int) -> None:
+        if fallback is None:
+            self._entries.rename(new.id, bootentry.plain_name(new.id))
+        else:
+            self._entries.rename(new.id, bootentry.counted_name(new.id, tries))
+
+    def set_default(self, entry: Entry, newer: Sequence[Entry]) -> None:
+        """Go back to ``entry``: every newer entry is marked as having no tries left."""
+        for other in newer:
+            self._entries.rename(other.id, bootentry.counted_name(other.id, 0))
+        self._entries.rename(entry.id, bootentry.plain_name(entry.id))
+
+    def status(self, entry: Entry) -> BootStatus:
+        path = self._entries.files().get(entry.id)
+        if path is None:
+            return BootStatus(fell_back=False, tries_left=None)
+        _id, left, _done = bootentry.parse_name(path.name)
+        return BootStatus(fell_back=left == 0, tries_left=left)
+
+    def bless(self, entry: Entry) -> None:
+        self._entries.rename(entry.id, bootentry.plain_name(entry.id))
+
+    def mark_bad(self, entry: Entry, fallback: Entry) -> None:
+        self._entries.rename(entry.id, bootentry.counted_name(entry.id, 0))
+
+
+def boot_loader(kind: str, boot: Path, name: str, tries: int) -> BootLoader:
+    if kind == "grub":
+        return Grub(boot, tries)
+    if kind == "systemd-boot":
+        return SystemdBoot(boot, name)
+    raise UpdaterError(f"unknown boot loader {kind!r}: use grub or systemd-boot", "boot_loader")
