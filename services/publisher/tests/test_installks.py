@@ -35,8 +35,8 @@ def test_rendered_kickstart_is_valid_and_installs_the_image_on_thin_lvm() -> Non
     text = make()
     validate(text)
     assert f"liveimg --url={URL} --checksum={SHA}" in text
-    assert "--thinpool --name=pool00" in text
-    assert "logvol / --vgname=imgline --thin --poolname=pool00 --name=node-20261123.1+1" in text
+    assert "--thinpool --name=pool " in text
+    assert "logvol / --vgname=imgline --thin --poolname=pool --name=node-20261123.1+1" in text
     assert "logvol /var --vgname=imgline --thin" in text
     assert '"layer": "node-20261123.1+1"' in text
 

@@ -189,6 +189,9 @@ class Applier:
             raise UpdaterError(
                 f"the apply of {jr.version} already switched the default: use rollback", "abort"
             )
+        if jr.from_layer is not None and "boot_entry" in jr.done:
+            # the switch may have happened before the crash: the old layer boots again first
+            self._restore_default(jr)
         for item in journal.undo_plan(jr):
             kind, _, what = item.partition(":")
             try:
@@ -201,6 +204,18 @@ class Applier:
             except (UpdaterError, OSError) as exc:
                 log.error("cleanup of %s failed (remove it by hand): %s", item, exc)
         self.files.journal.unlink(missing_ok=True)
+
+    def _restore_default(self, jr: ApplyJournal) -> None:
+        entries = {e.id: e for e in self.loader.entries()}
+        old = entries.get(self._entry_of(jr.from_layer or ""))
+        if old is None:
+            raise UpdaterError(
+                f"the running layer {jr.from_layer} has no boot entry: fix /boot/loader/entries "
+                "before cleaning up",
+                "abort",
+            )
+        new = entries.get(jr.entry_id)
+        self.loader.set_default(old, [new] if new is not None else [])
 
     def _commit(self, jr: ApplyJournal, state: HostState) -> Layer:
         """Record the new layer in the host state; the journal goes once the state has it."""

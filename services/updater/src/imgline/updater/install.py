@@ -53,8 +53,10 @@ def units(python_path: Path, config: Path) -> dict[str, str]:
     cmd = f"/usr/bin/python3 -m imgline.updater --config {config}"
     return {
         "imgline-health.service": (
+            # not After=multi-user.target: the target waits for what it wants, so that would be
+            # a cycle; the checks wait for the units they need themselves (settle_seconds)
             "[Unit]\nDescription=imgline: check this boot; keep the new layer or roll back\n"
-            "After=multi-user.target\n\n"
+            "After=basic.target\n\n"
             f"[Service]\nType=oneshot\nRemainAfterExit=yes\n{env}"
             f"ExecStart={cmd} health\nStandardOutput=journal+console\n"
             "StandardError=journal+console\n\n[Install]\nWantedBy=multi-user.target\n"
@@ -203,7 +205,7 @@ class Installer:
         old = fstab.read_text() if fstab.exists() else ""
         write_atomic(fstab, (old + "\n".join(lines) + "\n").encode())
         conf = root / CONFIG_PATH.relative_to("/")
-        write_atomic(conf, self.config_text.encode())
+        write_atomic(conf, self.config_text.encode(), mode=0o600)  # it may hold a password
 
     def _agent(self, root: Path, var: Path) -> None:
         assert self.agent_site is not None  # noqa: S101 - checked by the caller

@@ -3,7 +3,8 @@
 Anaconda's ``liveimg`` copies the image's root file system; the partitioning puts it where the
 updater expects it (docs/architecture.md, Host layout): one volume group ``imgline`` on the
 whole disk, a thin pool, the root as a thin LV named like the updater's first writable layer
-(``<name>-<version>+1``) and ``/var`` as a thin LV shared by all later layers. The text is
+(``<name>-<version>+1``) and ``/var``, ``/var/log``, ``/var/tmp`` and ``/home`` as thin LVs
+shared by all later layers, with the names ``imgline-updater install`` gives them. The text is
 validated with pykickstart before it is published, so a release never ships an install.ks
 anaconda would refuse.
 
@@ -30,7 +31,7 @@ from pykickstart.version import RHEL9, makeVersion  # type: ignore[import-untype
 from imgline.publisher.errors import PublisherError
 
 VOLUME_GROUP = "imgline"
-THIN_POOL = "pool00"
+THIN_POOL = "pool"  # imgline-updater install names it the same (docs/updater.md)
 
 
 class InstallLayout(BaseModel):
@@ -40,6 +41,9 @@ class InstallLayout(BaseModel):
 
     root_mib: int = Field(default=6144, ge=1024)
     var_mib: int = Field(default=15360, ge=1024)
+    var_log_mib: int = Field(default=4096, ge=256)
+    var_tmp_mib: int = Field(default=1024, ge=256)
+    home_mib: int = Field(default=1024, ge=256)
     timezone: str = "Etc/UTC"
     lang: str = "en_US.UTF-8"
     keyboard: str = "us"
@@ -92,6 +96,12 @@ logvol / --vgname={VOLUME_GROUP} --thin --poolname={THIN_POOL} --name={layer} --
 --size={layout.root_mib} --fsoptions=discard
 logvol /var --vgname={VOLUME_GROUP} --thin --poolname={THIN_POOL} --name=var --fstype=ext4 \
 --size={layout.var_mib} --fsoptions=discard
+logvol /var/log --vgname={VOLUME_GROUP} --thin --poolname={THIN_POOL} --name=var_log \
+--fstype=ext4 --size={layout.var_log_mib} --fsoptions=discard
+logvol /var/tmp --vgname={VOLUME_GROUP} --thin --poolname={THIN_POOL} --name=var_tmp \
+--fstype=ext4 --size={layout.var_tmp_mib} --fsoptions=discard
+logvol /home --vgname={VOLUME_GROUP} --thin --poolname={THIN_POOL} --name=home --fstype=ext4 \
+--size={layout.home_mib} --fsoptions=discard
 bootloader --timeout=1
 reboot
 

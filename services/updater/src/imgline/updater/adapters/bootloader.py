@@ -40,12 +40,14 @@ class BootStatus:
     tries_left: int | None
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("wb") as f:
         f.write(data)
         f.flush()
+        os.fchmod(f.fileno(), mode)
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)

@@ -126,8 +126,13 @@ class Lvm:
         return self.path(lv)
 
     def protect(self, step: str, lv: str) -> None:
-        """A base never changes again: read-only, skipped at activation, tagged."""
-        self.system.run(step, ["lvchange", "--permission", "r", "--", self._lv(lv)])
+        """A base never changes again: read-only, skipped at activation, tagged. (lvchange
+        fails on an LV that is read-only already: a rerun after a crash must not.)"""
+        current = self.get(lv)
+        if current is None:
+            raise UpdaterError(f"{self.vg}/{lv} is missing: it cannot be protected", step)
+        if not current.read_only:
+            self.system.run(step, ["lvchange", "--permission", "r", "--", self._lv(lv)])
         self.system.run(step, ["lvchange", "--setactivationskip", "y", "--", self._lv(lv)])
 
     def snapshot(self, step: str, origin: str, lv: str, tag: str) -> Path:
