@@ -4,10 +4,10 @@
 set -euo pipefail
 
 # rabbitmq-server: the private broker; rpm: the tester reads Fedora/EL package databases (and
-# its tests build a tiny rpm); nginx: deploy/nginx/ is tested under it; the rest: image
-# building and the VM tier.
-DEBIAN_PACKAGES=(rabbitmq-server mmdebstrap squashfs-tools e2fsprogs qemu-system-x86 qemu-utils git python3-pip rpm nginx-light)
-FEDORA_PACKAGES=(rabbitmq-server mmdebstrap squashfs-tools e2fsprogs qemu-system-x86-core qemu-img git python3-pip rpm-build nginx)
+# its tests build a tiny rpm); nginx: deploy/nginx/ is tested under it; ovmf: UEFI firmware for
+# the VM tier's hosts that boot from their own disk; the rest: image building and the VM tier.
+DEBIAN_PACKAGES=(rabbitmq-server mmdebstrap squashfs-tools e2fsprogs qemu-system-x86 qemu-utils git python3-pip rpm nginx-light ovmf)
+FEDORA_PACKAGES=(rabbitmq-server mmdebstrap squashfs-tools e2fsprogs qemu-system-x86-core qemu-img git python3-pip rpm-build nginx edk2-ovmf)
 
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then
