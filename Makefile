@@ -36,6 +36,7 @@ bench: sync
 	$(UV) run --frozen python bench/assemble.py
 	$(UV) run --frozen python bench/tester.py
 	$(UV) run --frozen python bench/repo.py
+	$(UV) run --frozen python bench/apply.py
 
 # Regenerate committed artefacts derived from code (tests fail when they are stale).
 schemas: sync

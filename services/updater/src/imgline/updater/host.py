@@ -124,7 +124,7 @@ class LocalHost:
         if self.config.reboot_lock.exists():
             log.warning("not rebooting: %s exists (the reboot lock)", self.config.reboot_lock)
             return
-        log.info("rebooting into the new default layer")
+        log.info("rebooting into the default layer")
         subprocess.run(["systemctl", "reboot"], check=False)  # noqa: S607
 
     def rollback(self, host_id: str, to_version: str | None) -> p.HostRolledBack:

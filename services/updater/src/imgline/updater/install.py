@@ -198,9 +198,12 @@ class Installer:
     def _etc(self, root: Path, esp: Path) -> None:
         """fstab and the updater's config: the first admin changes, kept by every merge."""
         uuid = self.system.run("volumes", ["blkid", "-s", "UUID", "-o", "value", "--", esp])
-        lines = [f"UUID={uuid.strip()} /boot vfat umask=0077 0 2"]
+        # LVs appear once lvm autoactivation has run: on a slow or busy machine that can take
+        # longer than systemd's default 90 s, and a timeout here means emergency mode
+        wait = "x-systemd.device-timeout=300s"
+        lines = [f"UUID={uuid.strip()} /boot vfat umask=0077,{wait} 0 2"]
         for point in sorted(self.config.layout.volumes, key=lambda p: p.count("/")):
-            lines.append(f"{self.lvm.path(volume_lv(point))} {point} ext4 defaults 0 2")
+            lines.append(f"{self.lvm.path(volume_lv(point))} {point} ext4 defaults,{wait} 0 2")
         fstab = root / "etc/fstab"
         old = fstab.read_text() if fstab.exists() else ""
         write_atomic(fstab, (old + "\n".join(lines) + "\n").encode())
