@@ -9,6 +9,8 @@ from datetime import datetime
 from pathlib import Path
 
 from imgline.core.trust.layout import Manifest
+from imgline.schemas import payloads as p
+from imgline.schemas.messages import ImagePublishedV1
 from imgline.updater.domain.policy import HostView
 from imgline.updater.errors import UpdaterError
 
@@ -54,3 +56,31 @@ class FakeHost:
         self.reboots += 1
         if self.on_reboot is not None:
             self.on_reboot(self)
+
+
+def forged(version: str, size: int = 1) -> ImagePublishedV1:
+    """What an attacker on the bus could send: well-formed, pointing at a release (and bytes)
+    that the signed repository does not have."""
+    sha = "e" * 64
+    d = f"stable/node/{version}"
+    event = p.ImagePublished(
+        build_id=sha,
+        name="node",
+        version=version,
+        stream="stable",
+        manifest_url=f"http://evil.test/{d}/manifest.json",
+        manifest_sha256=sha,
+        image_url=f"http://evil.test/{d}/node.img",
+        image_sha256=sha,
+        image_size=size,
+        key_id="0123456789abcdef",
+        repository_url="http://evil.test/",
+        targets=p.PublishedTargets(
+            image=f"{d}/node.img", manifest=f"{d}/manifest.json", install_ks=f"{d}/install.ks"
+        ),
+        role="stream-stable",
+        role_version=99,
+        snapshot_version=99,
+        timestamp_version=99,
+    )
+    return ImagePublishedV1.from_payload(event)  # type: ignore[return-value]

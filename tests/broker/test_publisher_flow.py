@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,7 @@ from bushelpers import service_process
 from tufrepo import client
 
 from imgline.core.trust import layout
-from imgline.core.trust.keys import KeyDir
 from imgline.core.trust.repository import TufRepository
-from imgline.publisher import http
 from imgline.schemas import payloads as p
 from imgline.schemas.messages import ImagePublishedV1, ImageRejectedV1, ImageTestedV1
 
@@ -48,20 +45,6 @@ def image_tested(tmp: Path, version: str, *, passed: bool) -> p.ImageTested:
         ),
     ]
     return p.ImageTested(build_id=ref.build_id, image=ref, passed=passed, results=results)
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> TufRepository:
-    """A new repository, as `imgline repo init` makes it before the publisher starts."""
-    return TufRepository.init(
-        tmp_path / "repo", KeyDir(tmp_path / "keys"), KeyDir(tmp_path / "root-keys")
-    )
-
-
-@pytest.fixture
-def served(repo: TufRepository) -> Iterator[str]:
-    with http.running(repo.root_dir) as server:
-        yield server.url
 
 
 def sha256_of(path: Path) -> str:

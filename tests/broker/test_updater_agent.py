@@ -16,14 +16,12 @@ from typing import Any
 
 import pytest
 from bushelpers import ServiceProcess, queue_depth, service_process, wait_for
-from fakehost import FakeHost
+from fakehost import FakeHost, forged
 from tufrepo import make_tested
 
 from imgline.core.bus import topology
 from imgline.core.config import BusSettings
-from imgline.core.trust.keys import KeyDir
 from imgline.core.trust.repository import TufRepository
-from imgline.publisher import http
 from imgline.schemas import payloads as p
 from imgline.schemas.messages import ImagePublishedV1, ImageTestedV1
 from imgline.updater.agent import AgentService, agent_topology, outbox_of
@@ -33,19 +31,6 @@ from imgline.updater.settings import HostConfig
 pytestmark = pytest.mark.broker
 
 BOOTED, NEW, BETA = "20261122.1", "20261123.1", "20261124.1"
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> TufRepository:
-    return TufRepository.init(
-        tmp_path / "repo", KeyDir(tmp_path / "keys"), KeyDir(tmp_path / "root-keys")
-    )
-
-
-@pytest.fixture
-def served(repo: TufRepository) -> Iterator[str]:
-    with http.running(repo.root_dir) as server:
-        yield server.url
 
 
 @pytest.fixture
@@ -133,24 +118,6 @@ def take(ch: Any, queue: str) -> list[tuple[str, dict[str, Any]]]:
         if method is None:
             return out
         out.append((method.routing_key, json.loads(body)))
-
-
-def forged(version: str) -> ImagePublishedV1:
-    sha = "e" * 64
-    d = f"stable/node/{version}"
-    event = p.ImagePublished(
-        build_id=sha,
-        name="node",
-        version=version,
-        stream="stable",
-        manifest_url=f"http://evil.test/{d}/manifest.json",
-        manifest_sha256=sha,
-        image_url=f"http://evil.test/{d}/node.img",
-        image_sha256=sha,
-        image_size=1,
-        key_id="0123456789abcdef",
-    )
-    return ImagePublishedV1.from_payload(event)  # type: ignore[return-value]
 
 
 def test_a_published_release_is_applied_by_its_streams_hosts_only(

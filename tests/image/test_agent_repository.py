@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakehost import FakeHost, sha256_of
+from fakehost import FakeHost, forged, sha256_of
 from tufrepo import Site, client, make_site, make_tested, sync_mirror
 
 from imgline.core.config import BusSettings
 from imgline.schemas import payloads as p
-from imgline.schemas.messages import HostUpgradeFailedV1, ImagePublishedV1
+from imgline.schemas.messages import HostUpgradeFailedV1
 from imgline.updater.agent import Agent, AgentService, outbox_of
 from imgline.updater.errors import UpdaterError
 from imgline.updater.settings import HostConfig, Policy
@@ -236,34 +236,6 @@ def test_an_empty_stream_offers_nothing(repo: Repo) -> None:
     assert host.applied == []
 
 
-def forged(version: str) -> ImagePublishedV1:
-    """What an attacker on the bus could send: well-formed, pointing at a release (and bytes)
-    that the signed repository does not have."""
-    sha = "e" * 64
-    d = f"stable/node/{version}"
-    event = p.ImagePublished(
-        build_id=sha,
-        name="node",
-        version=version,
-        stream="stable",
-        manifest_url=f"http://evil.test/{d}/manifest.json",
-        manifest_sha256=sha,
-        image_url=f"http://evil.test/{d}/node.img",
-        image_sha256=sha,
-        image_size=SIZE,
-        key_id="0123456789abcdef",
-        repository_url="http://evil.test/",
-        targets=p.PublishedTargets(
-            image=f"{d}/node.img", manifest=f"{d}/manifest.json", install_ks=f"{d}/install.ks"
-        ),
-        role="stream-stable",
-        role_version=99,
-        snapshot_version=99,
-        timestamp_version=99,
-    )
-    return ImagePublishedV1.from_payload(event)  # type: ignore[return-value]
-
-
 def test_a_forged_message_changes_nothing(repo: Repo) -> None:
     repo.publish(V1)
     host = FakeHost(running=V1)
@@ -284,7 +256,7 @@ def test_a_forged_message_changes_nothing(repo: Repo) -> None:
         while host.views < 1:  # the start check
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        service.on_published(forged("20991231.1"))
+        service.on_published(forged("20991231.1", SIZE))
         while host.views < 2:  # the message made the agent look, and only look
             assert time.monotonic() < deadline
             time.sleep(0.01)

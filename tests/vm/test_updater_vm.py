@@ -8,7 +8,7 @@ v1, v2 and v3 are releases of the node image (tests/hostimages.py): v2 changes v
 - GRUB on SeaBIOS: the agent on the host sees v2 in the signed repository, applies it, reboots;
   v2 passes its health check (``host.upgraded`` on the bus); then v3 is published, applied,
   fails its health check, and the host goes back to v2 by itself (``host.rolled_back``).
-- systemd-boot on OVMF: the same upgrade to v2, counted in the entry's file name.
+- systemd-boot on OVMF: the same story, the boot counter in the entry's file name.
 - An apply killed with SIGKILL after each of its steps, resumed each time: the old default
   stays the default until the switch, and the disk then boots v2 with the admin's /etc kept.
 """
@@ -19,6 +19,7 @@ import json
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -142,8 +143,9 @@ class Lab:
             conn.close()
 
 
-@pytest.fixture
-def lab(site: Site, amqp_url: str, exchange: str) -> Iterator[Lab]:
+@contextmanager
+def serving(site: Site, amqp_url: str, exchange: str) -> Iterator[Lab]:
+    """``site`` served on loopback, with a queue that collects the host reports."""
     reports = f"{exchange}.reports.{uuid.uuid4().hex[:6]}"
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     channel = conn.channel()
@@ -156,10 +158,58 @@ def lab(site: Site, amqp_url: str, exchange: str) -> Iterator[Lab]:
         yield Lab(site, Services(server.port, port), amqp_url, exchange, reports)
 
 
+@pytest.fixture
+def lab(site: Site, amqp_url: str, exchange: str) -> Iterator[Lab]:
+    with serving(site, amqp_url, exchange) as lab:
+        yield lab
+
+
 def _expect(host: Watcher, marker: str, timeout: float) -> float:
     seen = host.wait_for(marker, timeout)
     assert seen is not None, f"no {marker!r} within {timeout}s:\n{host.console[-4000:]}"
     return seen.seconds
+
+
+def upgrade_then_roll_back(
+    host: Watcher, lab: Lab, releases: list[HostRelease], *, image: Path, disk: Path
+) -> None:
+    """v1 boots; the agent applies v2 from the repository, reboots, v2 is healthy
+    (host.upgraded); v3 is published, applied, fails its health check, and the host is back on
+    v2 by itself (host.rolled_back). Prints the times the closing report quotes."""
+    v1, v2, v3 = releases
+    _expect(host, f"{READY} {v1.version}", BOOT_TIMEOUT)
+    t_apply = host.seconds
+    _expect(host, f"{READY} {v2.version}", APPLY_TIMEOUT)
+    _expect(host, f"IMGLINE-HEALTH host.upgraded {v2.version}", BOOT_TIMEOUT)
+    upgraded = lab.wait_report("host.upgraded", 180)
+    assert (upgraded["host_id"], upgraded["from_version"], upgraded["to_version"]) == (
+        HOST_ID,
+        v1.version,
+        v2.version,
+    )
+    print(f"v1 -> v2: applied, rebooted and healthy {host.seconds - t_apply:.0f}s after v1 was up")
+
+    lab.publish(v3)
+    t_bad = host.seconds
+    _expect(host, f"IMGLINE-HEALTH host.rolled_back {v3.version}", APPLY_TIMEOUT)
+    t_rollback = host.seconds
+    _expect(host, f"{READY} {v2.version}", BOOT_TIMEOUT)
+    print(
+        f"v3: applied and failed its health check after {t_rollback - t_bad:.0f}s; "
+        f"back on v2 {host.seconds - t_rollback:.0f}s later"
+    )
+    rolled = lab.wait_report("host.rolled_back", 240)
+    assert (rolled["from_version"], rolled["to_version"], rolled["step"]) == (
+        v2.version,
+        v3.version,
+        "health",
+    )
+    assert "node-payload.service" in str(rolled["error"])
+    host.stop()
+    seen = inspect(image, disk)
+    assert seen.state["default_layer"] == f"node-{v2.version}+1"
+    assert seen.state["bad_versions"] == [v3.version]
+    assert seen.state["pending"] is None
 
 
 def test_grub_host_upgrades_then_rolls_back_a_bad_release(
@@ -169,67 +219,30 @@ def test_grub_host_upgrades_then_rolls_back_a_bad_release(
     releases: list[HostRelease],
     lab: Lab,
 ) -> None:
-    v1, v2, v3 = releases
     disk = _copy(grub_v1, tmp_path / "host.img")
-    lab.publish(v2)
+    lab.publish(releases[1])
     console = tmp_path / "console.log"
     with start_disk(disk, firmware="bios", net=lab.services.net(), console_log=console) as host:
-        _expect(host, f"{READY} {v1.version}", BOOT_TIMEOUT)
-        t_apply = host.seconds
-        _expect(host, f"{READY} {v2.version}", APPLY_TIMEOUT)
-        _expect(host, f"IMGLINE-HEALTH host.upgraded {v2.version}", BOOT_TIMEOUT)
-        upgraded = lab.wait_report("host.upgraded", 180)
-        assert (upgraded["host_id"], upgraded["from_version"], upgraded["to_version"]) == (
-            HOST_ID,
-            v1.version,
-            v2.version,
-        )
-        print(f"v1 -> v2 applied, rebooted and healthy in {host.seconds - t_apply:.0f}s")
-
-        lab.publish(v3)
-        t_bad = host.seconds
-        _expect(host, f"IMGLINE-HEALTH host.rolled_back {v3.version}", APPLY_TIMEOUT)
-        _expect(host, f"{READY} {v2.version}", BOOT_TIMEOUT)
-        print(f"v3 applied, failed, back on v2 in {host.seconds - t_bad:.0f}s")
-        rolled = lab.wait_report("host.rolled_back", 240)
-        assert (rolled["from_version"], rolled["to_version"], rolled["step"]) == (
-            v2.version,
-            v3.version,
-            "health",
-        )
-        assert "node-payload.service" in str(rolled["error"])
-    seen = inspect(node_liveimg, disk)
-    assert seen.state["default_layer"] == f"node-{v2.version}+1"
-    assert seen.state["bad_versions"] == [v3.version]
-    assert seen.state["pending"] is None
+        upgrade_then_roll_back(host, lab, releases, image=node_liveimg, disk=disk)
 
 
-def test_systemd_boot_host_upgrades(
+def test_systemd_boot_host_upgrades_then_rolls_back_a_bad_release(
     tmp_path: Path,
     node_liveimg: Path,
     releases: list[HostRelease],
-    lab: Lab,
+    amqp_url: str,
+    exchange: str,
 ) -> None:
-    v1, v2, _v3 = releases
+    site = make_site(tmp_path / "repo")  # its own: the GRUB host's repository has v3 already
     disk = blank_disk(tmp_path / "host.img", 6144)
-    _install(
-        node_liveimg,
-        v1,
-        lab.site,
-        disk,
-        config=config_toml(exchange=lab.exchange),
-        loader="systemd-boot",
-    )
-    lab.publish(v2)
-    console = tmp_path / "console.log"
-    with start_disk(disk, firmware="uefi", net=lab.services.net(), console_log=console) as host:
-        _expect(host, f"{READY} {v1.version}", BOOT_TIMEOUT)
-        _expect(host, f"{READY} {v2.version}", APPLY_TIMEOUT)
-        _expect(host, f"IMGLINE-HEALTH host.upgraded {v2.version}", BOOT_TIMEOUT)
-    report = lab.wait_report("host.upgraded", 180)
-    assert report["to_version"] == v2.version
-    seen = inspect(node_liveimg, disk)
-    assert seen.state["default_layer"] == f"node-{v2.version}+1"
+    config = config_toml(exchange=exchange)
+    _install(node_liveimg, releases[0], site, disk, config=config, loader="systemd-boot")
+    with serving(site, amqp_url, exchange) as lab:
+        lab.publish(releases[1])
+        console = tmp_path / "console.log"
+        net = lab.services.net()
+        with start_disk(disk, firmware="uefi", net=net, console_log=console) as host:
+            upgrade_then_roll_back(host, lab, releases, image=node_liveimg, disk=disk)
 
 
 #: After each step: the default must still be v1 until switch_default, v2 (on trial) after.
