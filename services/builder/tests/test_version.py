@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from imgline.builder.domain.version import next_version, release_name, version_key
+from imgline.builder.domain.version import next_version, release_name
 
 pytestmark = pytest.mark.unit
 
@@ -28,12 +28,5 @@ def test_next_version(existing: list[str], expected: str) -> None:
     assert next_version(DAY, existing) == expected
 
 
-def test_release_name_and_ordering() -> None:
+def test_release_name() -> None:
     assert release_name("node", "20261123.2") == "node-20261123.2"
-    versions = ["20261123.10", "20261122.3", "1.0-custom", "20261123.9"]
-    assert sorted(versions, key=version_key) == [
-        "20261122.3",
-        "20261123.9",
-        "20261123.10",
-        "1.0-custom",
-    ]
