@@ -11,8 +11,12 @@ push would leave it):
    ngclient, pinned to the repository's root) and downloads the image and install.ks
 4. build.requested with a broken kickstart → build.failed naming the kickstart line
 5. a message that breaks the contract     → the dead-letter queue, with the reason
+6. a test host VM: ``imgline-updater install`` puts the release before this one on a disk
+   (GRUB, LVM thin layers); booted, its agent finds the new release in the signed repository,
+   applies it as a new layer, reboots into it, passes its health check and reports
+   host.upgraded on the bus
 Needs root (mmdebstrap builds in root mode). First run: several minutes (packages download into
-.cache/apt/, reused afterwards; the boot runs under TCG).
+.cache/apt/, reused afterwards; the guests run under TCG).
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pika
 
@@ -95,7 +101,7 @@ def show_tests(ch: Any, watch: str) -> bool:
     return bool(event["passed"])
 
 
-def show_published(ch: Any, watch: str, base_url: str, root: bytes) -> None:
+def show_published(ch: Any, watch: str, base_url: str, root: bytes) -> Published:
     log.info("3) the publisher signs it into the TUF repository served at %s", base_url)
     _topic, event = wait_event(ch, watch, 300)
     log.info(
@@ -128,6 +134,82 @@ def show_published(ch: Any, watch: str, base_url: str, root: bytes) -> None:
         time.monotonic() - started,
         install_ks,
     )
+    return Published(manifest.version, image, manifest.image_sha256)
+
+
+@dataclass(frozen=True)
+class Published:
+    """The release the demo published, as the TUF client downloaded and verified it."""
+
+    version: str
+    image: Path
+    sha256: str
+
+
+def show_host(amqp_url: str, exchange: str, repo_port: int, *, root: bytes, new: Published) -> None:
+    """Install a test host with the release before the published one; watch it upgrade."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from hostimages import Recipe, derive  # noqa: PLC0415 - test-host helpers, demo only
+    from hostlab import Services, config_toml, helper, install_script  # noqa: PLC0415
+    from vmguest import blank_disk, start_disk  # noqa: PLC0415
+
+    # the host starts on "the release before": the same image labelled <day>.0, older than
+    # every automatic version of that day
+    previous = derive(new.image, new.sha256, Recipe(version=new.version.split(".")[0] + ".0"))
+    host = CACHE / "demo" / "host"
+    host.mkdir(parents=True, exist_ok=True)
+    (host / "root.json").write_bytes(root)
+    (host / "updater.toml").write_text(config_toml(exchange=exchange))
+    disk = blank_disk(host / "disk.img", 6144)
+    log.info(
+        "6) a test host: installing %s-%s (the release before) on %s",
+        previous.name,
+        previous.version,
+        disk,
+    )
+    started = time.monotonic()
+    files = {
+        "image.img": previous.image,
+        "root.json": host / "root.json",
+        "updater.toml": host / "updater.toml",
+    }
+    helper(new.image, install_script(previous, "grub"), disk, files, workdir=host / "install")
+    log.info(
+        "   installed in %.0fs (VG imgline, thin pool, base + layer, GRUB)",
+        time.monotonic() - started,
+    )
+    # a named queue, not an exclusive one: the VM runs for minutes without this process
+    # servicing a connection, so each look at the bus uses a fresh one
+    reports = "imgline.demo.host-reports"
+    with closing(pika.BlockingConnection(pika.URLParameters(amqp_url))) as conn:
+        ch = conn.channel()
+        ch.queue_declare(reports, arguments={"x-expires": 3_600_000})
+        ch.queue_purge(reports)
+        ch.queue_bind(reports, exchange, "imgline.host.#")
+    services = Services(repo_port, urlparse(amqp_url).port or 5672)
+    console = host / "console.log"
+    with start_disk(disk, firmware="bios", net=services.net(), console_log=console) as vm:
+        for what, marker in (
+            (f"booted {previous.version}", f"IMGLINE-PAYLOAD-READY {previous.version}"),
+            (f"applied and rebooted into {new.version}", f"IMGLINE-PAYLOAD-READY {new.version}"),
+            ("health check passed", f"IMGLINE-HEALTH host.upgraded {new.version}"),
+        ):
+            seen = vm.wait_for(marker, 900)
+            if seen is None:
+                raise ImglineError(f"the test host did not get to '{marker}': see {console}")
+            log.info("   %s at %.0fs", what, seen.seconds)
+        # the agent sends the report from its outbox once it has the bus
+        with closing(pika.BlockingConnection(pika.URLParameters(amqp_url))) as conn:
+            topic, event = wait_event(conn.channel(), reports, 300)
+    log.info(
+        "   %s: host %s %s -> %s (layer %s)",
+        topic,
+        event["host_id"],
+        event["from_version"],
+        event["to_version"],
+        event["layer"],
+    )
+    log.info("   host console: %s", console)
 
 
 def show_dead_letter(ch: Any, queue: str) -> None:
@@ -259,7 +341,7 @@ def run() -> int:
             if not show_tests(ch, watch):
                 log.error("the image failed its tests: it is not published")
                 return 1
-            show_published(ch, watch, base_url, root)
+            published = show_published(ch, watch, base_url, root)
 
             pub.publish(BuildRequestedV1.from_payload(bad))
             log.info("4) published build.requested with a broken kickstart (rootpw --lokc)")
@@ -282,9 +364,11 @@ def run() -> int:
         for thread in threads:
             thread.join(60)
         conn.close()
+        repo_port = urlparse(base_url).port or 80
+        show_host(url, settings.exchange, repo_port, root=root, new=published)
         log.info(
             "demo done: an image built, tested, signed and published; a bad kickstart "
-            "reported; a bad message kept aside"
+            "reported; a bad message kept aside; a host upgraded itself to the new release"
         )
     return 0
 
