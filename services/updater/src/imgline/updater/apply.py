@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from imgline.core.artifacts import hash_stream
 from imgline.core.liveimg import FACTORY_ETC
 from imgline.schemas.payloads import utcnow
 from imgline.updater import image as img
@@ -198,7 +199,7 @@ class Applier:
                 if kind == "entry":
                     self.loader.remove(what)
                 elif kind == "bootdir":
-                    _remove_tree(self.boot / "imgline" / what)
+                    shutil.rmtree(self.boot / "imgline" / what, ignore_errors=True)
                 elif kind == "lv":
                     self.lvm.remove("abort", what)
             except (UpdaterError, OSError) as exc:
@@ -250,7 +251,8 @@ class Applier:
     # --- the steps, in journal.STEPS order ----------------------------------------------------
 
     def _verify(self, jr: ApplyJournal, release: Release) -> ApplyJournal:
-        got = img.sha256_file(release.image)
+        with release.image.open("rb") as f:
+            got, _size = hash_stream(f)
         if got != release.sha256:
             raise UpdaterError(
                 f"{release.image} has sha256 {got}, the signed release says {release.sha256}: "
@@ -403,7 +405,3 @@ class Applier:
         self.lvm.activate(step, lv)
         with self.system.mounted(step, self.lvm.path(lv), options="ro") as root:
             yield root
-
-
-def _remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -4,7 +4,6 @@ read from the inner ext4 with debugfs, so nothing from the image runs before it 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +17,6 @@ from imgline.updater.adapters.system import System
 from imgline.updater.errors import UpdaterError
 
 ROOTFS = Path("LiveOS/rootfs.img")
-CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -32,14 +30,6 @@ class ImageInfo:
     kernel: str
     initrd: str
     kernel_args: str
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @contextmanager
