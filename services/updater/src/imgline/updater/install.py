@@ -212,7 +212,7 @@ class Installer:
 
     def _agent(self, root: Path, var: Path) -> None:
         assert self.agent_site is not None  # noqa: S101 - checked by the caller
-        dest = var / "lib/imgline/agent/site"
+        dest = var / AGENT_SITE
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(self.agent_site, dest, symlinks=True)
         unit_dir = root / "etc/systemd/system"
