@@ -54,11 +54,14 @@ def test_post_pins_the_root_byte_for_byte(tmp_path: Path) -> None:
     backslashes and a line that would end a naive here-document included)."""
     text = make()
     post = text.split("%post --erroronfail\n", 1)[1].split("%end", 1)[0]
-    script = post.replace("/var/lib/imgline", str(tmp_path))
+    script = post.replace("/var/lib/imgline", str(tmp_path)).replace(
+        "/etc/imgline", str(tmp_path / "etc")
+    )
     subprocess.run(["sh", "-e", "-c", script], check=True)
     assert (tmp_path / "tuf" / "metadata" / "root.json").read_bytes() == ROOT
-    repo = json.loads((tmp_path / "tuf" / "repository.json").read_text())
-    assert repo == {"url": "http://repo.example/", "stream": "stable"}
+    config = tmp_path / "etc" / "updater.toml"
+    assert config.stat().st_mode & 0o077 == 0  # no one but root reads the host's config
+    assert 'repository_url = "http://repo.example/"' in config.read_text()
     installed = json.loads((tmp_path / "installed.json").read_text())
     assert installed["layer"] == "node-20261123.1+1" and installed["sha256"] == SHA
 

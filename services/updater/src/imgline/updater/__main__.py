@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     app.add_argument("--sha256", required=True)
     app.add_argument("--reboot", action="store_true", help="reboot into it (unless locked)")
 
+    sub.add_parser("adopt", help="take over a host anaconda installed from install.ks")
     sub.add_parser("abort", help="clean up an unfinished apply")
     sub.add_parser("health", help="check this boot; bless or roll back the pending layer")
     rb = sub.add_parser("rollback", help="make an older layer the default again")
@@ -145,6 +146,19 @@ def cmd_apply(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def cmd_adopt(args: argparse.Namespace, ctx: Context) -> int:
+    state = ctx.host.adopt()
+    if state is None:
+        print(
+            f"imgline-updater: nothing to adopt: {ctx.host.files.state} exists or this host was "
+            "not installed from an imgline install.ks",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"adopted {state.name} {state.default_layer} ({state.boot_loader})")
+    return 0
+
+
 def cmd_abort(args: argparse.Namespace, ctx: Context) -> int:
     ctx.host.applier().abort()
     return 0
@@ -171,6 +185,8 @@ def cmd_remove(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
+    if ctx.host.adopt() is not None:  # first start on a host anaconda installed
+        log.info("adopted the host anaconda installed")
     return agent.run(ctx.bus, ctx.config, ctx.host)
 
 
@@ -232,6 +248,7 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Context], int]] = {
     "install": cmd_install,
     "apply": cmd_apply,
+    "adopt": cmd_adopt,
     "abort": cmd_abort,
     "health": cmd_health,
     "rollback": cmd_rollback,

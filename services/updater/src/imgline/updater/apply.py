@@ -59,6 +59,12 @@ def layer_lv(name: str, version: str) -> str:
     return check_name(f"{name}-{version}+1")
 
 
+def layer_options(vg: str, layer: str, image_args: str, host_args: str) -> str:
+    """A layer's kernel command line: its root LV, then the image's, then the host's args."""
+    own = f"root=/dev/{vg}/{layer} rd.lvm.lv={vg}/{layer} rw"
+    return " ".join(a for a in (own, image_args, host_args) if a)
+
+
 class HostFiles:
     """Where a host keeps its state: ``state.json`` and the apply journal."""
 
@@ -266,15 +272,7 @@ class Applier:
                 f"the release is {jr.name} {jr.version} (build {jr.build_id[:12]}): not applied",
                 "verify",
             )
-        options = " ".join(
-            a
-            for a in (
-                f"root=/dev/{self.lvm.vg}/{jr.layer_lv} rd.lvm.lv={self.lvm.vg}/{jr.layer_lv} rw",
-                info.kernel_args,
-                self.config.kernel_args,
-            )
-            if a
-        )
+        options = layer_options(self.lvm.vg, jr.layer_lv, info.kernel_args, self.config.kernel_args)
         notes = {
             **jr.notes,
             "rootfs_bytes": info.rootfs_bytes,

@@ -21,6 +21,7 @@ from imgline.schemas.payloads import utcnow
 from imgline.updater.adapters.bootloader import BootLoader, boot_loader
 from imgline.updater.adapters.lvm import Lvm
 from imgline.updater.adapters.system import System, same_device
+from imgline.updater.adopt import Adopter, installed_record
 from imgline.updater.apply import Applier, HostFiles, Release
 from imgline.updater.domain.journal import HostState, LastResult, Layer
 from imgline.updater.domain.policy import HostView
@@ -95,6 +96,18 @@ class LocalHost:
         )
 
     # --- acting -------------------------------------------------------------------------------
+
+    def adopt(self) -> HostState | None:
+        """Adopt a host anaconda installed (None when there is nothing to adopt): Fedora/EL
+        GRUB with BLS support is what anaconda installs, so that is the loader it keeps."""
+        if installed_record(self.files) is None:
+            return None
+        lvm = Lvm(self.system, self.config.layout.vg, self.config.layout.pool)
+        loader = boot_loader("grub-bls", self.boot_dir, self.config.name, self.config.boot_tries)
+        adopter = Adopter(
+            self.config, lvm, loader, self.files, boot_dir=self.boot_dir, root=self.root
+        )
+        return adopter.adopt(lambda: loader.install(self.system, Path(), self.root))
 
     def applier(self, state: HostState | None = None) -> Applier:
         state = state or self.state()
@@ -197,7 +210,8 @@ class LocalHost:
         shutil.rmtree(self.boot_dir / "imgline" / layer.layer_lv, ignore_errors=True)
         lvm = self.lvm(state)
         lvm.remove("gc", layer.layer_lv)
-        lvm.remove("gc", layer.base_lv)
+        if layer.base_lv is not None:
+            lvm.remove("gc", layer.base_lv)
         state = state.model_copy(
             update={"layers": [x for x in state.layers if x.layer_lv != layer.layer_lv]}
         )

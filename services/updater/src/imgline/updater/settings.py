@@ -13,7 +13,7 @@ from imgline.updater.domain.policy import parse_window
 from imgline.updater.errors import UpdaterError
 
 Policy = Literal["auto", "download-only", "manual", "disabled"]
-BootLoader = Literal["grub", "systemd-boot"]
+BootLoader = Literal["grub", "grub-bls", "systemd-boot"]
 
 
 class HealthConfig(BaseModel):

@@ -10,8 +10,10 @@ anaconda would refuse.
 
 The installed host must trust exactly this repository: ``%post`` writes the repository's
 root metadata (the TUF trust anchor, carried base64-encoded so no byte of it can end the
-here-document) and the repository's URLs where the updater's client looks for them. The
-install.ks itself is a signed target of the stream's role.
+here-document) where the updater's client looks for it, and the updater's config (name, stream,
+repository URL). ``installed.json`` tells ``imgline-updater adopt`` which release the root LV
+holds (docs/updater.md, "Hosts installed by anaconda"). The install.ks itself is a signed
+target of the stream's role.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def layer_name(name: str, version: str) -> str:
 
 
 TRUST_DIR = "/var/lib/imgline/tuf"
+CONFIG_PATH = "/etc/imgline/updater.toml"  # where imgline-updater reads its config
 
 
 def render(
@@ -73,7 +76,11 @@ def render(
     installed = json.dumps(
         {"name": name, "version": version, "sha256": sha256, "layer": layer, "stream": stream}
     )
-    repository = json.dumps({"url": repository_url, "stream": stream})
+    # TOML basic strings take JSON's escapes, so json.dumps quotes any value safely
+    config = "\n".join(
+        f"{key} = {json.dumps(value)}"
+        for key, value in (("name", name), ("stream", stream), ("repository_url", repository_url))
+    )
     root_b64 = base64.b64encode(root_metadata).decode("ascii")
     root_lines = "\n".join(root_b64[i : i + 76] for i in range(0, len(root_b64), 76))
     return f"""\
@@ -106,15 +113,19 @@ bootloader --timeout=1
 reboot
 
 %post --erroronfail
-# Tell imgline-updater which release this host was installed from (it adopts it as the base),
-# and pin the repository's root metadata: the host trusts exactly this repository.
-mkdir -p /var/lib/imgline {TRUST_DIR}/metadata
+# Tell imgline-updater which release this host was installed from (`imgline-updater adopt`,
+# or the agent's first start, takes it over), where its repository is, and pin the
+# repository's root metadata: the host trusts exactly this repository.
+mkdir -p /var/lib/imgline {TRUST_DIR}/metadata {CONFIG_PATH.rsplit("/", 1)[0]}
 cat > /var/lib/imgline/installed.json <<'JSON'
 {installed}
 JSON
-cat > {TRUST_DIR}/repository.json <<'JSON'
-{repository}
-JSON
+umask 077
+cat > {CONFIG_PATH} <<'TOML'
+# imgline-updater on a host installed from {name}-{version}'s install.ks
+[consumer_config]
+{config}
+TOML
 base64 -d > {TRUST_DIR}/metadata/root.json <<'ROOT'
 {root_lines}
 ROOT

@@ -1,17 +1,20 @@
 """The boot loaders a host may use, behind one interface: where entries live, how the default
 switches with a boot counter, how a boot is blessed or falls back.
 
-Both keep Boot Loader Specification entries in ``<boot>/loader/entries`` on the ESP (mounted at
-``/boot``) and the kernels in ``<boot>/imgline/<layer>/``:
+All keep Boot Loader Specification entries in ``<boot>/loader/entries`` on the file system
+mounted at ``/boot`` (the ESP, or anaconda's boot partition) and the kernels in
+``<boot>/imgline/<layer>/``:
 
 - GRUB (BIOS) has no BLS support on Debian, so ``grub.cfg`` is rendered from the entries, and
   the default, the fallback and the ``boot_counter`` live in ``grubenv`` (one 1024-byte file
   replaced by rename, so a switch is atomic). GRUB counts down and falls back on its own.
+- GRUB with BLS support (Fedora/EL, on hosts anaconda installed from ``install.ks``) reads
+  the entries itself; the same grubenv countdown comes from a ``/etc/grub.d`` snippet.
 - systemd-boot counts in the entry's file name (``<id>+LEFT-DONE.conf``), sorts entries with
   no tries left last, and picks the first entry matching ``imgline-<name>-*``. An entry is
   written as ``+0`` (never preferred) and the switch is one rename to ``+<tries>``.
 
-docs/updater.md ("Boot counting") explains both from the admin's side.
+docs/updater.md ("Boot counting") explains each from the admin's side.
 """
 
 from __future__ import annotations
@@ -107,7 +110,62 @@ class _Entries:
             fsync_dir(self.dir)
 
 
-class Grub:
+class _GrubEnv:
+    """The default, the fallback and the countdown in grubenv, for both GRUB flavours.
+
+    A switch rewrites the whole 1024-byte block and renames it into place, so it is atomic;
+    variables that are not ours (Fedora keeps ``saved_entry``, ``boot_success`` and more there)
+    are carried over untouched.
+    """
+
+    env: Path
+
+    def _read_env(self) -> dict[str, str]:
+        return bootentry.parse_grubenv(self.env.read_bytes()) if self.env.exists() else {}
+
+    def _write_env(self, values: dict[str, str]) -> None:
+        write_atomic(self.env, bootentry.render_grubenv(values))
+
+    def _stable(self, env: dict[str, str], entry: Entry) -> None:
+        """What a blessed or restored default adds to grubenv (nothing, for our own GRUB)."""
+
+    def switch(self, new: Entry, fallback: Entry | None, tries: int) -> None:
+        env = self._read_env()
+        env["imgline_default"] = new.id
+        env.pop("imgline_fell_back", None)
+        if fallback is None:
+            env.pop("imgline_fallback", None)
+            env.pop("boot_counter", None)
+            self._stable(env, new)
+        else:
+            env["imgline_fallback"] = fallback.id
+            env["boot_counter"] = str(tries)
+        self._write_env(env)
+
+    def set_default(self, entry: Entry, newer: Sequence[Entry]) -> None:
+        env = self._read_env()
+        env["imgline_default"] = entry.id
+        for key in ("imgline_fallback", "boot_counter", "imgline_fell_back"):
+            env.pop(key, None)
+        self._stable(env, entry)
+        self._write_env(env)
+
+    def status(self, entry: Entry) -> BootStatus:
+        env = self._read_env()
+        left = env.get("boot_counter")
+        return BootStatus(
+            fell_back=env.get("imgline_fell_back") == "1",
+            tries_left=int(left) if left and left.isdigit() else None,
+        )
+
+    def bless(self, entry: Entry) -> None:
+        self.set_default(entry, ())
+
+    def mark_bad(self, entry: Entry, fallback: Entry) -> None:
+        self.set_default(fallback, ())
+
+
+class Grub(_GrubEnv):
     """GRUB for BIOS hosts: core.img in the BIOS boot partition, config and env on the ESP."""
 
     kind = "grub"
@@ -175,12 +233,6 @@ class Grub:
         if not self.env.exists():
             write_atomic(self.env, bootentry.render_grubenv({}))
 
-    def _read_env(self) -> dict[str, str]:
-        return bootentry.parse_grubenv(self.env.read_bytes()) if self.env.exists() else {}
-
-    def _write_env(self, values: dict[str, str]) -> None:
-        write_atomic(self.env, bootentry.render_grubenv(values))
-
     def _write_cfg(self) -> None:
         entries = self._entries.entries()
         write_atomic(self.cfg, bootentry.render_grub_cfg(entries, self.tries).encode())
@@ -196,38 +248,67 @@ class Grub:
         self._entries.remove(entry_id)
         self._write_cfg()
 
+
+class GrubBls(_GrubEnv):
+    """Fedora/EL GRUB, as anaconda installs it: ``blscfg`` reads ``/boot/loader/entries`` at
+    boot and names each menu entry by its file name, and ``grub.cfg`` is made by
+    ``grub2-mkconfig``. The countdown comes from our ``/etc/grub.d`` snippet (greenboot's way);
+    ``saved_entry`` follows every stable default, so a grub.cfg regenerated without the
+    snippet still boots the last good layer, never one on trial.
+    """
+
+    kind = "grub-bls"
+    SNIPPET = Path("etc/grub.d/08_imgline_boot_counter")
+
+    def __init__(self, boot: Path, tries: int) -> None:
+        self.boot = boot
+        self.tries = tries
+        self._entries = _Entries(boot)
+        self.cfg = boot / "grub2" / "grub.cfg"
+        self.env = boot / "grub2" / "grubenv"
+
+    def install(self, system: System, disk: Path, layer_root: Path) -> None:
+        """Adopt the GRUB anaconda installed on the running host: add the countdown snippet
+        and regenerate grub.cfg with the host's own grub2-mkconfig (``disk`` is not touched)."""
+        mkconfig = layer_root / "usr/sbin/grub2-mkconfig"
+        if not mkconfig.is_file():
+            raise UpdaterError(
+                f"{mkconfig} is missing: this host has no Fedora/EL GRUB with BLS support; "
+                "reinstall it with `imgline-updater install --boot-loader grub`",
+                "boot_loader",
+            )
+        write_atomic(layer_root / self.SNIPPET, bootentry.GRUB_D_SNIPPET.encode(), mode=0o755)
+        system.run("boot_loader", [mkconfig, "-o", self.cfg])
+        self._require_counter()
+
+    def _require_counter(self) -> None:
+        try:
+            text = self.cfg.read_text(errors="replace")
+        except OSError as exc:
+            raise UpdaterError(f"cannot read {self.cfg}: {exc}", "switch_default") from exc
+        if bootentry.COUNTER_MARK not in text:
+            raise UpdaterError(
+                f"{self.cfg} has no imgline boot counter, so a new layer would boot with no "
+                f"way back; run `imgline-updater adopt` again to restore {self.SNIPPET}",
+                "switch_default",
+            )
+
+    def _stable(self, env: dict[str, str], entry: Entry) -> None:
+        env["saved_entry"] = entry.id
+
     def switch(self, new: Entry, fallback: Entry | None, tries: int) -> None:
-        env = self._read_env()
-        env["imgline_default"] = new.id
-        env.pop("imgline_fell_back", None)
-        if fallback is None:
-            env.pop("imgline_fallback", None)
-            env.pop("boot_counter", None)
-        else:
-            env["imgline_fallback"] = fallback.id
-            env["boot_counter"] = str(tries)
-        self._write_env(env)
+        if fallback is not None:
+            self._require_counter()  # a trial without a countdown could not fall back
+        super().switch(new, fallback, tries)
 
-    def set_default(self, entry: Entry, newer: Sequence[Entry]) -> None:
-        env = self._read_env()
-        env["imgline_default"] = entry.id
-        for key in ("imgline_fallback", "boot_counter", "imgline_fell_back"):
-            env.pop(key, None)
-        self._write_env(env)
+    def entries(self) -> list[Entry]:
+        return self._entries.entries()
 
-    def status(self, entry: Entry) -> BootStatus:
-        env = self._read_env()
-        left = env.get("boot_counter")
-        return BootStatus(
-            fell_back=env.get("imgline_fell_back") == "1",
-            tries_left=int(left) if left and left.isdigit() else None,
-        )
+    def add(self, entry: Entry) -> None:
+        self._entries.write(entry, bootentry.plain_name(entry.id))
 
-    def bless(self, entry: Entry) -> None:
-        self.set_default(entry, ())
-
-    def mark_bad(self, entry: Entry, fallback: Entry) -> None:
-        self.set_default(fallback, ())
+    def remove(self, entry_id: str) -> None:
+        self._entries.remove(entry_id)
 
 
 class SystemdBoot:
@@ -298,4 +379,8 @@ def boot_loader(kind: str, boot: Path, name: str, tries: int) -> BootLoader:
         return Grub(boot, tries)
     if kind == "systemd-boot":
         return SystemdBoot(boot, name)
-    raise UpdaterError(f"unknown boot loader {kind!r}: use grub or systemd-boot", "boot_loader")
+    if kind == "grub-bls":
+        return GrubBls(boot, tries)
+    raise UpdaterError(
+        f"unknown boot loader {kind!r}: use grub, grub-bls or systemd-boot", "boot_loader"
+    )

@@ -262,6 +262,9 @@ def _kernel_args(entry: Entry) -> str:
     return " ".join(f"'{w}'" for w in words)
 
 
+COUNTER_MARK = "# imgline boot counter"
+
+
 def grub_cfg_counter_block(tries: int) -> str:
     """The countdown, shared by our grub.cfg and the grub.d snippet for grub-mkconfig hosts.
 
@@ -273,7 +276,7 @@ def grub_cfg_counter_block(tries: int) -> str:
     if not 1 <= tries <= MAX_TRIES:
         raise UpdaterError(f"boot tries must be 1..{MAX_TRIES}, not {tries}", step="boot_entry")
     lines = [
-        "# imgline boot counter: a layer on trial gets a fixed number of boots, then GRUB",
+        COUNTER_MARK + ": a layer on trial gets a fixed number of boots, then GRUB",
         "# boots the previous one. GRUB 2.06 has no arithmetic: each step is spelled out.",
         "load_env",
         'if [ -n "${imgline_default}" ]; then',

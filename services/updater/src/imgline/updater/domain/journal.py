@@ -111,7 +111,9 @@ class Layer(_Model):
     name: ImageName
     version: Version
     build_id: BuildId
-    base_lv: LvName
+    base_lv: LvName | None = Field(
+        description="None for a layer anaconda installed: it copied files, so no pristine base"
+    )
     layer_lv: LvName
     entry_id: EntryId
     kernel_args: str
