@@ -40,6 +40,7 @@ def journal(done: tuple[str, ...] = ()) -> ApplyJournal:
         entry_id="imgline-node-20261201.3",
         from_layer="node-20261201.2+1",
         from_version="20261201.2",
+        from_entry="imgline-node-20261201.2",
         started=T0,
         done=list(done),
     )
@@ -118,6 +119,14 @@ def test_mark_done_refuses_out_of_order(done: tuple[str, ...], step: str) -> Non
 def test_a_journal_with_steps_out_of_order_does_not_load(done: list[str]) -> None:
     data = journal().model_dump(mode="json") | {"done": done}
     with pytest.raises(ValueError, match="not a prefix of the apply steps"):
+        ApplyJournal.model_validate(data)
+
+
+@pytest.mark.parametrize("drop", ["from_layer", "from_entry"])
+def test_an_upgrade_journal_names_its_fallback_entry_with_its_layer(drop: str) -> None:
+    """The switch falls back to the entry recorded here, so half of the pair is refused."""
+    data = journal().model_dump(mode="json") | {drop: None}
+    with pytest.raises(ValueError, match="given together or not at all"):
         ApplyJournal.model_validate(data)
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from imgline.core.errors import ImglineError
@@ -60,3 +62,32 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+#: Temporary files of ``write_atomic`` start with this, so a cleanup can find what a crash left.
+TMP_PREFIX = ".tmp-"
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, parents: bool = False) -> None:
+    """Replace ``path`` with ``data`` so that a crash or a power cut leaves the old file or the
+    new one whole, never a mix, and the new name is durable once this returns.
+
+    The temporary file is unique (several threads or processes may write beside each other)
+    and removed again on failure. ``parents`` creates missing directories; without it a missing
+    directory is an ``OSError``, which callers whose directory must exist report as such.
+    """
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fchmod(out.fileno(), mode)
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata, Root
 
+from imgline.core.fsutil import write_atomic
 from imgline.core.trust import layout
 from imgline.core.trust.errors import TrustError
 from imgline.core.trust.keys import KeyDir, SigningKey
@@ -26,7 +27,6 @@ from imgline.core.trust.repository import (
     State,
     TufRepository,
     _copy,
-    _write_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,10 @@ def new_root(
                 f"keys, and {root_keys.role_dir('root')} does not hold enough of them: "
                 "mount the offline root keys and pass --root-keys"
             ) from None
-    _write_atomic(
-        repo.metadata_dir / layout.metadata_file("root", signed.version), md.to_bytes(SERIALIZER)
+    write_atomic(
+        repo.metadata_dir / layout.metadata_file("root", signed.version),
+        md.to_bytes(SERIALIZER),
+        parents=True,
     )
     state.root = md
     log.info("wrote root version %d", signed.version)

@@ -45,7 +45,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
-from imgline.core.fsutil import fsync_dir
+from imgline.core.fsutil import write_atomic
 from imgline.core.trust import layout
 from imgline.core.trust.errors import TrustError
 from imgline.core.trust.keys import KeyDir, SigningKey
@@ -57,20 +57,7 @@ SERIALIZER = JSONSerializer(compact=True)
 STATE_DIR = ".state"
 JOURNAL = "retired.jsonl"
 NEXT_DUE = "retired.next"
-TMP_PREFIX = ".tmp-"
 _thread_lock = threading.Lock()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a dot-named temp file, fsync, rename, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}-{threading.get_ident()}")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def _meta_file(version: int, data: bytes) -> MetaFile:
@@ -307,7 +294,9 @@ class TufRepository:
             md = Metadata(signed)
             self._sign(state, role, md)
             data = md.to_bytes(SERIALIZER)
-            _write_atomic(self.metadata_dir / layout.metadata_file(role, signed.version), data)
+            write_atomic(
+                self.metadata_dir / layout.metadata_file(role, signed.version), data, parents=True
+            )
             state.targets[role] = md
             new_meta[f"{role}.json"] = _meta_file(signed.version, data)
             versions[role] = signed.version
@@ -326,7 +315,11 @@ class TufRepository:
         self._bump(snapshot, "snapshot", now)
         self._sign(state, "snapshot", state.snapshot)
         data = state.snapshot.to_bytes(SERIALIZER)
-        _write_atomic(self.metadata_dir / layout.metadata_file("snapshot", snapshot.version), data)
+        write_atomic(
+            self.metadata_dir / layout.metadata_file("snapshot", snapshot.version),
+            data,
+            parents=True,
+        )
         state.timestamp.signed.snapshot_meta = _meta_file(snapshot.version, data)
         return snapshot.version
 
@@ -334,7 +327,9 @@ class TufRepository:
         timestamp = state.timestamp.signed
         self._bump(timestamp, "timestamp", now)
         self._sign(state, "timestamp", state.timestamp)
-        _write_atomic(self.metadata_dir / "timestamp.json", state.timestamp.to_bytes(SERIALIZER))
+        write_atomic(
+            self.metadata_dir / "timestamp.json", state.timestamp.to_bytes(SERIALIZER), parents=True
+        )
         return timestamp.version
 
     # --- creating ---------------------------------------------------------------------------
@@ -375,7 +370,9 @@ class TufRepository:
             root_md = Metadata(root)
             for key in roots:
                 root_md.sign(key.signer, append=True)
-            _write_atomic(repo.metadata_dir / "1.root.json", root_md.to_bytes(SERIALIZER))
+            write_atomic(
+                repo.metadata_dir / "1.root.json", root_md.to_bytes(SERIALIZER), parents=True
+            )
             targets = Targets(
                 expires=now + repo.expiry.targets, delegations=Delegations(keys={}, roles={})
             )
@@ -469,7 +466,7 @@ class TufRepository:
             os.fsync(journal.fileno())
         marker = self.state_dir / NEXT_DUE
         if not marker.exists():
-            _write_atomic(marker, after.isoformat().encode())
+            write_atomic(marker, after.isoformat().encode(), parents=True)
 
     def collect_garbage(self) -> list[str]:
         """Delete queued files whose time has come; cheap when nothing is due (one small read),
@@ -498,11 +495,11 @@ class TufRepository:
             else:
                 keep.append(line + "\n")
                 earliest = after if earliest is None else min(earliest, after)
-        _write_atomic(journal, "".join(keep).encode())
+        write_atomic(journal, "".join(keep).encode(), parents=True)
         if earliest is None:
             marker.unlink(missing_ok=True)
         else:
-            _write_atomic(marker, earliest.isoformat().encode())
+            write_atomic(marker, earliest.isoformat().encode(), parents=True)
         if deleted:
             log.info("deleted %d file(s) no valid snapshot lists any more", len(deleted))
         return deleted

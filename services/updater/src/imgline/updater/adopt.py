@@ -20,9 +20,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from imgline.core.fsutil import write_atomic
 from imgline.core.liveimg import IMAGE_JSON
 from imgline.schemas.payloads import ImageName, Sha256Hex, StreamName, Version, utcnow
-from imgline.updater.adapters.bootloader import BootLoader, write_atomic
+from imgline.updater.adapters.bootloader import BootLoader
 from imgline.updater.adapters.lvm import Lvm
 from imgline.updater.adapters.system import same_device
 from imgline.updater.apply import HostFiles, layer_options
@@ -197,4 +198,4 @@ class Adopter:
                     f"where its image.json says ({src})",
                     "adopt",
                 )
-            write_atomic(dest / name, path.read_bytes())
+            write_atomic(dest / name, path.read_bytes(), parents=True)

@@ -21,10 +21,11 @@ from datetime import datetime
 from pathlib import Path
 
 from imgline.core.artifacts import hash_stream
+from imgline.core.fsutil import write_atomic
 from imgline.core.liveimg import FACTORY_ETC
 from imgline.schemas.payloads import utcnow
 from imgline.updater import image as img
-from imgline.updater.adapters.bootloader import BootLoader, write_atomic
+from imgline.updater.adapters.bootloader import BootLoader
 from imgline.updater.adapters.lvm import BASE_TAG, LAYER_TAG, Lvm, check_name
 from imgline.updater.adapters.system import System, same_device
 from imgline.updater.domain import bootentry, etcmerge, journal
@@ -174,6 +175,7 @@ class Applier:
             layer_lv=layer_lv(release.name, release.version),
             entry_id=bootentry.entry_id(release.name, release.version),
             from_layer=current.layer_lv if current else None,
+            from_entry=current.entry_id if current else None,
             from_version=current.version if current else None,
             started=self.clock(),
             done=[],
@@ -214,7 +216,7 @@ class Applier:
 
     def _restore_default(self, jr: ApplyJournal) -> None:
         entries = {e.id: e for e in self.loader.entries()}
-        old = entries.get(self._entry_of(jr.from_layer or ""))
+        old = entries.get(jr.from_entry or "")
         if old is None:
             raise UpdaterError(
                 f"the running layer {jr.from_layer} has no boot entry: fix /boot/loader/entries "
@@ -353,7 +355,7 @@ class Applier:
                 path = root / str(src).lstrip("/")
                 if not path.is_file():
                     raise UpdaterError(f"the image has no {src}: it cannot boot", "boot_files")
-                write_atomic(dest / name, path.read_bytes())
+                write_atomic(dest / name, path.read_bytes(), parents=True)
         return jr
 
     def _boot_entry(self, jr: ApplyJournal, release: Release) -> ApplyJournal:
@@ -363,9 +365,7 @@ class Applier:
     def _switch_default(self, jr: ApplyJournal, release: Release) -> ApplyJournal:
         fallback = None
         if jr.from_layer is not None:
-            fallback = next(
-                (e for e in self.loader.entries() if e.id == self._entry_of(jr.from_layer)), None
-            )
+            fallback = next((e for e in self.loader.entries() if e.id == jr.from_entry), None)
             if fallback is None:
                 raise UpdaterError(
                     f"the running layer {jr.from_layer} has no boot entry: refusing to switch "
@@ -386,13 +386,6 @@ class Applier:
             initrd=f"/imgline/{jr.layer_lv}/initrd.img",
             options=str(jr.notes["options"]),
         )
-
-    def _entry_of(self, lv: str) -> str:
-        state = self.files.load_state()
-        layer = state.layer(lv)
-        if layer is None:
-            raise UpdaterError(f"{lv} is not a layer in {self.files.state}", "switch_default")
-        return layer.entry_id
 
     @contextmanager
     def _layer_root(self, lv: str, step: str) -> Iterator[Path]:

@@ -16,8 +16,9 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from imgline.core.fsutil import write_atomic
 from imgline.schemas.payloads import utcnow
-from imgline.updater.adapters.bootloader import boot_loader, write_atomic
+from imgline.updater.adapters.bootloader import boot_loader
 from imgline.updater.adapters.lvm import VOLUME_TAG, Lvm, check_name
 from imgline.updater.adapters.system import System
 from imgline.updater.apply import Applier, HostFiles, Release
@@ -123,7 +124,7 @@ class Installer:
             if self.root_metadata is not None:
                 # the repository's root, pinned: the agent trusts only what it signs
                 tuf = files.dir / "tuf" / "metadata"
-                write_atomic(tuf / "root.json", self.root_metadata)
+                write_atomic(tuf / "root.json", self.root_metadata, parents=True)
             loader = boot_loader(self.kind, boot, release.name, self.config.boot_tries)
             applier = Applier(self.config, self.system, self.lvm, loader, files, boot_dir=boot)
             layer = applier.apply(release)
@@ -206,9 +207,11 @@ class Installer:
             lines.append(f"{self.lvm.path(volume_lv(point))} {point} ext4 defaults,{wait} 0 2")
         fstab = root / "etc/fstab"
         old = fstab.read_text() if fstab.exists() else ""
-        write_atomic(fstab, (old + "\n".join(lines) + "\n").encode())
+        write_atomic(fstab, (old + "\n".join(lines) + "\n").encode(), parents=True)
         conf = root / CONFIG_PATH.relative_to("/")
-        write_atomic(conf, self.config_text.encode(), mode=0o600)  # it may hold a password
+        write_atomic(
+            conf, self.config_text.encode(), mode=0o600, parents=True
+        )  # it may hold a password
 
     def _agent(self, root: Path, var: Path) -> None:
         assert self.agent_site is not None  # noqa: S101 - checked by the caller
@@ -219,7 +222,7 @@ class Installer:
         wants = unit_dir / "multi-user.target.wants"
         wants.mkdir(parents=True, exist_ok=True)
         for name, text in units(Path("/var") / AGENT_SITE, CONFIG_PATH).items():
-            write_atomic(unit_dir / name, text.encode())
+            write_atomic(unit_dir / name, text.encode(), parents=True)
             link = wants / name
             link.unlink(missing_ok=True)
             link.symlink_to(f"../{name}")

@@ -34,11 +34,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from tuf.api.metadata import TargetFile, Targets
 
 from imgline.core.artifacts import ArtifactError, verify_digest
-from imgline.core.fsutil import fsync_dir
+from imgline.core.fsutil import TMP_PREFIX, fsync_dir, write_atomic
 from imgline.core.trust import layout
 from imgline.core.trust.errors import TrustError
 from imgline.core.trust.keys import KeyDir
-from imgline.core.trust.repository import TMP_PREFIX, State, TufRepository
+from imgline.core.trust.repository import State, TufRepository
 from imgline.publisher.domain import installks, release, retention
 from imgline.publisher.errors import IntegrityError, PublisherError, RetiredError
 from imgline.schemas import payloads as p
@@ -83,7 +83,7 @@ class Ledger:
     def put(self, record: LedgerRecord) -> None:
         path = self._path(record.name, record.version)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write(path, record.model_dump_json().encode(), atomic=True)
+        write_atomic(path, record.model_dump_json().encode())
 
 
 @dataclass(frozen=True)
@@ -98,16 +98,6 @@ class Published:
     snapshot_version: int
     timestamp_version: int
     new: bool  # False when the release was already published (a redelivery)
-
-
-def _write(path: Path, data: bytes, *, atomic: bool = False) -> None:
-    target = path.with_name(f"{TMP_PREFIX}{path.name}") if atomic else path
-    with target.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    if atomic:
-        os.replace(target, path)
 
 
 class Repository:
@@ -338,8 +328,7 @@ class Repository:
         final = self._file_of(info)
         if not final.exists():  # content-addressed: an existing file already holds these bytes
             final.parent.mkdir(parents=True, exist_ok=True)
-            _write(final, data, atomic=True)
-            fsync_dir(final.parent)
+            write_atomic(final, data)
         return info
 
     def _link_target(self, info: TargetFile, source: Path) -> None:

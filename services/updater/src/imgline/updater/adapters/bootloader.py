@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from imgline.core.fsutil import fsync_dir
+from imgline.core.fsutil import fsync_dir, write_atomic
 from imgline.updater.adapters.system import System
 from imgline.updater.domain import bootentry
 from imgline.updater.domain.bootentry import Entry
@@ -41,19 +41,6 @@ class BootStatus:
 
     fell_back: bool
     tries_left: int | None
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fchmod(f.fileno(), mode)
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 class BootLoader(Protocol):
@@ -90,7 +77,7 @@ class _Entries:
 
     def write(self, entry: Entry, name: str) -> None:
         old = self.files().get(entry.id)
-        write_atomic(self.dir / name, bootentry.render_bls(entry).encode())
+        write_atomic(self.dir / name, bootentry.render_bls(entry).encode(), parents=True)
         if old is not None and old.name != name:
             old.unlink()
             fsync_dir(self.dir)
@@ -124,7 +111,7 @@ class _GrubEnv:
         return bootentry.parse_grubenv(self.env.read_bytes()) if self.env.exists() else {}
 
     def _write_env(self, values: dict[str, str]) -> None:
-        write_atomic(self.env, bootentry.render_grubenv(values))
+        write_atomic(self.env, bootentry.render_grubenv(values), parents=True)
 
     def _stable(self, env: dict[str, str], entry: Entry) -> None:
         """What a blessed or restored default adds to grubenv (nothing, for our own GRUB)."""
@@ -231,11 +218,13 @@ class Grub(_GrubEnv):
         system.run("boot_loader", [setup, "-d", target, "-m", devmap, "--", str(disk)])
         self._write_cfg()
         if not self.env.exists():
-            write_atomic(self.env, bootentry.render_grubenv({}))
+            write_atomic(self.env, bootentry.render_grubenv({}), parents=True)
 
     def _write_cfg(self) -> None:
         entries = self._entries.entries()
-        write_atomic(self.cfg, bootentry.render_grub_cfg(entries, self.tries).encode())
+        write_atomic(
+            self.cfg, bootentry.render_grub_cfg(entries, self.tries).encode(), parents=True
+        )
 
     def entries(self) -> list[Entry]:
         return self._entries.entries()
@@ -277,7 +266,9 @@ class GrubBls(_GrubEnv):
                 "reinstall it with `imgline-updater install --boot-loader grub`",
                 "boot_loader",
             )
-        write_atomic(layer_root / self.SNIPPET, bootentry.GRUB_D_SNIPPET.encode(), mode=0o755)
+        write_atomic(
+            layer_root / self.SNIPPET, bootentry.GRUB_D_SNIPPET.encode(), mode=0o755, parents=True
+        )
         system.run("boot_loader", [mkconfig, "-o", self.cfg])
         self._require_counter()
 
@@ -332,10 +323,12 @@ class SystemdBoot:
                 "boot_loader",
             )
         for rel in ("EFI/BOOT/BOOTX64.EFI", "EFI/systemd/systemd-bootx64.efi"):
-            write_atomic(self.boot / rel, efi.read_bytes())
+            write_atomic(self.boot / rel, efi.read_bytes(), parents=True)
         pattern = f"imgline-{self.name}-*"
         write_atomic(
-            self.boot / "loader/loader.conf", bootentry.render_loader_conf(pattern).encode()
+            self.boot / "loader/loader.conf",
+            bootentry.render_loader_conf(pattern).encode(),
+            parents=True,
         )
 
     def entries(self) -> list[Entry]:

@@ -8,15 +8,12 @@ Both files are written atomically: after a crash a file holds either the old or 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from imgline.core.fsutil import fsync_dir
+from imgline.core.fsutil import write_atomic
 from imgline.schemas.payloads import (
     BuildId,
     ImageName,
@@ -67,6 +64,9 @@ class ApplyJournal(_Model):
     entry_id: EntryId
     from_layer: LvName | None
     from_version: Version | None
+    from_entry: EntryId | None = Field(
+        default=None, description="the running layer's boot entry: the fallback of the switch"
+    )
     started: UtcDatetime
     done: list[str] = Field(default_factory=list)
     notes: dict[str, NoteValue] = Field(
@@ -77,6 +77,8 @@ class ApplyJournal(_Model):
 
     @model_validator(mode="after")
     def _done_in_order(self) -> ApplyJournal:
+        if (self.from_layer is None) != (self.from_entry is None):
+            raise ValueError("from_layer and from_entry are given together or not at all")
         if tuple(self.done) != STEPS[: len(self.done)]:
             raise ValueError(
                 f"done steps {self.done} are not a prefix of the apply steps {list(STEPS)}"
@@ -204,27 +206,14 @@ def save_json(path: Path, model: BaseModel) -> None:
     """Write ``model`` to ``path`` atomically and durably: a crash leaves the old file or the new
     one, never half of one, and the new name survives a power cut once this returns."""
     data = model.model_dump_json(indent=2).encode() + b"\n"
-    tmp: str | None = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fchmod(out.fileno(), 0o644)
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        fsync_dir(path.parent)
+        write_atomic(path, data)
     except OSError as exc:
         raise UpdaterError(
             f"cannot write {path}: {exc}; check that {path.parent} exists, is writable and its "
             "file system is not full or read-only",
             step="state",
         ) from exc
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 def load_json(path: Path, model: type[M]) -> M | None:
