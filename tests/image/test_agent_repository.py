@@ -8,7 +8,9 @@ to apply; everything between (TUF client, policy, downloads, reports) is the rea
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +28,7 @@ from tufrepo import Site, client, make_site, make_tested, sync_mirror
 from imgline.core.config import BusSettings
 from imgline.schemas import payloads as p
 from imgline.schemas.messages import HostUpgradeFailedV1
-from imgline.updater.agent import Agent, AgentService, outbox_of
+from imgline.updater.agent import Agent, AgentService, PullAgent, outbox_of
 from imgline.updater.errors import UpdaterError
 from imgline.updater.settings import HostConfig, Policy
 
@@ -335,3 +337,45 @@ def test_an_unreadable_repository_is_logged_and_checked_again_later(
     (repo.mirror_dir / "metadata.off").rename(metadata)
     assert agent.check("timer").action == "apply"
     assert [v for v, _ in host.applied] == [V2]
+
+
+def test_without_a_broker_the_agent_pulls_applies_and_stops_on_sigterm(repo: Repo) -> None:
+    """A host with no amqp_url: the timer is its only trigger, a failure report waits in the
+    outbox, and SIGTERM ends the loop the way systemd stops the service."""
+    repo.publish(V1, V2)
+    host = FakeHost(running=V1)
+    config = host_config(repo).model_copy(update={"refresh_interval_seconds": 0.2})
+    pull = PullAgent(
+        config,
+        host,
+        host_id="h1",
+        client=client(repo.url, config.tuf_dir, repo.pinned_root),
+        clock=lambda: NOW,
+    )
+    cut = {"done": False}
+
+    def publish_broken_then_terminate() -> None:
+        deadline = time.monotonic() + 20
+        while not host.applied:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        host.running = V2
+        repo.publish(V3)
+        for image in repo.image_files(V3):  # the mirror serves bytes that were never signed
+            image.write_bytes(b"\0" * SIZE)
+        while not pull.agent.outbox.pending():  # the next timer check finds and refuses it
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        cut["done"] = True
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    killer = threading.Thread(target=publish_broken_then_terminate, daemon=True)
+    killer.start()
+    pull.run()  # the main thread, as in `imgline-updater run`: returns on SIGTERM
+    killer.join(5)
+    assert cut["done"]
+    assert host.applied == [(V2, repo.images[V2])] and host.reboots == 1
+    (failed,) = reports(pull.agent)
+    assert failed.to_version == V3 and failed.step == "download"
+    assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back

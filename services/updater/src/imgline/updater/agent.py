@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import signal
 import sys
 import threading
 import time
@@ -370,15 +371,52 @@ class AgentService:
         self.consumer.stop()
 
 
+class PullAgent:
+    """The agent of a host with no broker: the pull timer is its only trigger. Reports wait in
+    the outbox (``imgline-updater status`` shows the last result) until a broker is set."""
+
+    def __init__(
+        self,
+        config: HostConfig,
+        host: Host,
+        *,
+        host_id: str,
+        client: RepositoryClient | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        if client is None:
+            client = RepositoryClient.for_base_url(config.repository_url, config.tuf_dir)
+        self.agent = Agent(config, host_id, client, host, outbox_of(config), clock=clock)
+        self.triggers = Triggers(self.agent.check, self._keep, config.refresh_interval_seconds)
+
+    def _keep(self) -> bool:
+        """Nothing can be sent: the reports stay, and the loop must not retry sending them."""
+        return True
+
+    def run(self) -> None:
+        """Check now and then every ``refresh_interval_seconds`` until SIGTERM or ``stop``."""
+        previous = signal.signal(signal.SIGTERM, lambda *_: self.triggers.stop())
+        try:
+            self.triggers.run()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def stop(self) -> None:
+        self.triggers.stop()
+
+
 def run(bus: BusSettings, config: HostConfig, host: Host) -> int:
     """``imgline-updater run``: 0 after SIGTERM, 2 when the configuration cannot work, 1 when
-    the broker refuses the host's queue."""
+    the broker refuses the host's queue. Without ``amqp_url`` the agent pulls on its timer."""
     # The same host id as the health check's reports; imported here, not at the top, so the
     # agent itself never needs the real host's LVM and boot-loader stack (tests fake it).
     from imgline.updater.host import machine_id  # noqa: PLC0415
 
     try:
-        service = AgentService(bus, config, host, host_id=machine_id(config))
+        host_id = machine_id(config)
+        if not bus.amqp_url:
+            return _run_pull_only(PullAgent(config, host, host_id=host_id), config)
+        service = AgentService(bus, config, host, host_id=host_id)
     except ImglineError as exc:
         print(f"imgline-updater: {exc}", file=sys.stderr)
         return 2
@@ -400,4 +438,17 @@ def run(bus: BusSettings, config: HostConfig, host: Host) -> int:
     except ImglineError as exc:  # e.g. the broker refused the queue's arguments
         print(f"imgline-updater: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _run_pull_only(pull: PullAgent, config: HostConfig) -> int:
+    log.warning(
+        "agent for host %s: no broker configured (amqp_url), so no hints and no reports on the "
+        "bus: checking %s every %.0fs; reports wait in %s",
+        pull.agent.host_id,
+        config.repository_url,
+        config.refresh_interval_seconds,
+        pull.agent.outbox.dir,
+    )
+    pull.run()
     return 0

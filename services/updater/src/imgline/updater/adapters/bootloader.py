@@ -5,9 +5,10 @@ All keep Boot Loader Specification entries in ``<boot>/loader/entries`` on the f
 mounted at ``/boot`` (the ESP, or anaconda's boot partition) and the kernels in
 ``<boot>/imgline/<layer>/``:
 
-- GRUB (BIOS) has no BLS support on Debian, so ``grub.cfg`` is rendered from the entries, and
-  the default, the fallback and the ``boot_counter`` live in ``grubenv`` (one 1024-byte file
-  replaced by rename, so a switch is atomic). GRUB counts down and falls back on its own.
+- GRUB (one install boots on BIOS and on UEFI) has no BLS support on Debian, so ``grub.cfg``
+  is rendered from the entries, and the default, the fallback and the ``boot_counter`` live in
+  ``grubenv`` (one 1024-byte file replaced by rename, so a switch is atomic). GRUB counts
+  down and falls back on its own.
 - GRUB with BLS support (Fedora/EL, on hosts anaconda installed from ``install.ks``) reads
   the entries itself; the same grubenv countdown comes from a ``/etc/grub.d`` snippet.
 - systemd-boot counts in the entry's file name (``<id>+LEFT-DONE.conf``), sorts entries with
@@ -153,11 +154,11 @@ class _GrubEnv:
 
 
 class Grub(_GrubEnv):
-    """GRUB for BIOS hosts: core.img in the BIOS boot partition, config and env on the ESP."""
+    """GRUB for BIOS and UEFI hosts: core.img in the BIOS boot partition, BOOTX64.EFI on the
+    ESP, one config and env on the ESP."""
 
     kind = "grub"
-    MODULES = (
-        "biosdisk",
+    MODULES = (  # for both platforms; BIOS adds biosdisk, EFI has its disk driver built in
         "part_gpt",
         "fat",
         "ext2",
@@ -183,42 +184,55 @@ class Grub(_GrubEnv):
         self.env = boot / "grub" / "grubenv"
 
     def install(self, system: System, disk: Path, layer_root: Path) -> None:
-        """Put GRUB's boot sector and core image on ``disk`` from the image's own GRUB files,
-        with the ESP (partition 2) as its prefix; no probing of the running system."""
-        modules = layer_root / "usr/lib/grub/i386-pc"
-        if not (modules / "boot.img").is_file():
+        """Put GRUB on ``disk`` from the image's own GRUB files, for both firmwares: the BIOS
+        boot sector and core image, and ``EFI/BOOT/BOOTX64.EFI`` on the ESP (the removable-media
+        path, so no EFI variable is needed). Both read the same grub.cfg and grubenv on the ESP
+        (partition 2); nothing of the running system is probed."""
+        bios = layer_root / "usr/lib/grub/i386-pc"
+        efi = layer_root / "usr/lib/grub/x86_64-efi"
+        if not (bios / "boot.img").is_file() and not (efi / "linux.mod").is_file():
             raise UpdaterError(
-                "the image has no GRUB for BIOS (usr/lib/grub/i386-pc): add grub-pc-bin to its "
-                "%packages, or install with --boot-loader systemd-boot",
+                "the image has no GRUB (usr/lib/grub/i386-pc or x86_64-efi): add grub-pc-bin "
+                "and grub-efi-amd64-bin to its %packages, or install with --boot-loader "
+                "systemd-boot",
                 "boot_loader",
             )
-        target = self.boot / "grub" / "i386-pc"
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(modules, target)
         mkimage = layer_root / "usr/bin/grub-mkimage"
-        setup = layer_root / "usr/lib/grub/i386-pc/grub-bios-setup"
-        setup = setup if setup.exists() else layer_root / "usr/sbin/grub-bios-setup"
-        system.run(
-            "boot_loader",
-            [
-                mkimage,
-                "-O",
-                "i386-pc",
-                "-d",
-                modules,
-                "-o",
-                target / "core.img",
-                "-p",
-                "(hd0,gpt2)/grub",
-                *self.MODULES,
-            ],
-        )
-        devmap = self.boot / "grub" / "device.map"
-        devmap.write_text(f"(hd0) {disk}\n")
-        system.run("boot_loader", [setup, "-d", target, "-m", devmap, "--", str(disk)])
+        if (bios / "boot.img").is_file():
+            core = self._modules(bios, "i386-pc") / "core.img"
+            self._mkimage(system, mkimage, bios, "i386-pc", core, names=("biosdisk", *self.MODULES))
+            setup = layer_root / "usr/lib/grub/i386-pc/grub-bios-setup"
+            setup = setup if setup.exists() else layer_root / "usr/sbin/grub-bios-setup"
+            devmap = self.boot / "grub" / "device.map"
+            devmap.write_text(f"(hd0) {disk}\n")
+            system.run("boot_loader", [setup, "-d", core.parent, "-m", devmap, "--", str(disk)])
+        if (efi / "linux.mod").is_file():
+            image = self._modules(efi, "x86_64-efi") / "core.efi"
+            self._mkimage(system, mkimage, efi, "x86_64-efi", image, names=self.MODULES)
+            write_atomic(self.boot / "EFI/BOOT/BOOTX64.EFI", image.read_bytes(), parents=True)
         self._write_cfg()
         if not self.env.exists():
             write_atomic(self.env, bootentry.render_grubenv({}), parents=True)
+
+    def _modules(self, source: Path, platform: str) -> Path:
+        """The platform's modules on the ESP, where GRUB loads any it was not built with."""
+        target = self.boot / "grub" / platform
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target)
+        return target
+
+    def _mkimage(
+        self,
+        system: System,
+        mkimage: Path,
+        modules: Path,
+        platform: str,
+        output: Path,
+        *,
+        names: Sequence[str],
+    ) -> None:
+        argv: list[str | Path] = [mkimage, "-O", platform, "-d", modules, "-o", output]
+        system.run("boot_loader", [*argv, "-p", "(hd0,gpt2)/grub", *names])
 
     def _write_cfg(self) -> None:
         entries = self._entries.entries()
