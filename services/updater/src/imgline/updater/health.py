@@ -10,14 +10,12 @@ got here is caught by the boot loader's counter, and ``settle`` on the old layer
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from imgline.core import hostcheck
 from imgline.schemas import payloads as p
 from imgline.schemas.payloads import utcnow
 from imgline.updater.adapters.bootloader import BootLoader
@@ -48,83 +46,43 @@ def _run(argv: list[str], timeout: float) -> tuple[int, str]:
     return done.returncode, (done.stdout + done.stderr).strip()
 
 
-def unit_checks(config: HealthConfig, sleep: Callable[[float], None] = time.sleep) -> list[Check]:
-    """Each listed unit active (waiting up to ``settle_seconds`` for it), then no failed unit."""
-    checks = []
-    deadline = time.monotonic() + config.settle_seconds
-    for unit in config.units:
-        while True:
-            code, out = _run(["systemctl", "is-active", "--", unit], config.check_timeout_seconds)
-            if code == 0 or time.monotonic() > deadline:
-                break
-            sleep(1.0)
-        if code == 0:
-            checks.append(Check(f"unit:{unit}", True, "active"))
-        else:
-            _c, journal = _run(
-                ["journalctl", "--no-pager", "-n", "15", "-u", unit], config.check_timeout_seconds
-            )
-            checks.append(Check(f"unit:{unit}", False, f"{out or 'not active'}\n{journal}"))
-    code, out = _run(
-        ["systemctl", "list-units", "--state=failed", "--no-legend", "--plain"],
-        config.check_timeout_seconds,
+def host_checks(config: HealthConfig, mounts: tuple[str, ...]) -> list[Check]:
+    """Units active (waiting up to ``settle_seconds``), no failed unit, disk use, drop-ins:
+    the shared script (``imgline.core.hostcheck``) that the tester also runs in its guests."""
+    args = hostcheck.arguments(
+        units=config.units,
+        mounts=mounts,
+        settle_seconds=config.settle_seconds,
+        disk_max_percent=config.disk_max_percent,
+        drop_in_dir=str(config.drop_in_dir),
+        script_timeout_seconds=config.check_timeout_seconds,
     )
-    failed = [line.split()[0] for line in out.splitlines() if line.strip()] if code == 0 else []
-    checks.append(
-        Check("failed-units", code == 0 and not failed, ", ".join(failed) or out or "none")
+    scripts = len(list(config.drop_in_dir.iterdir())) if config.drop_in_dir.is_dir() else 0
+    limit = config.settle_seconds + config.check_timeout_seconds * (scripts + 2) + 30
+    code, out = _run(["sh", "-c", hostcheck.SCRIPT, "imgline-hostcheck", *args], limit)
+    report = hostcheck.parse(out)
+    checks = [Check(c.name, c.ok, c.detail) for c in report.checks]
+    if not report.complete:
+        checks.append(Check("host-checks", False, f"the checks did not finish (exit {code})"))
+    return checks
+
+
+def pool_check(config: HealthConfig, lvm: Lvm) -> Check:
+    try:
+        data, meta = lvm.pool_percent()
+    except UpdaterError as exc:
+        return Check("thin-pool", False, str(exc))
+    worst = max(data, meta)
+    return Check(
+        "thin-pool",
+        worst <= config.thin_pool_max_percent,
+        f"data {data:.0f}%, metadata {meta:.0f}% (limit {config.thin_pool_max_percent}%)",
     )
-    return checks
-
-
-def space_checks(config: HealthConfig, lvm: Lvm | None, mounts: tuple[str, ...]) -> list[Check]:
-    checks = []
-    for mount in mounts:
-        usage = shutil.disk_usage(mount)
-        percent = 100 * usage.used / usage.total if usage.total else 0
-        checks.append(
-            Check(
-                f"disk:{mount}",
-                percent <= config.disk_max_percent,
-                f"{percent:.0f}% used (limit {config.disk_max_percent}%)",
-            )
-        )
-    if lvm is not None:
-        try:
-            data, meta = lvm.pool_percent()
-        except UpdaterError as exc:
-            checks.append(Check("thin-pool", False, str(exc)))
-        else:
-            worst = max(data, meta)
-            checks.append(
-                Check(
-                    "thin-pool",
-                    worst <= config.thin_pool_max_percent,
-                    f"data {data:.0f}%, metadata {meta:.0f}% "
-                    f"(limit {config.thin_pool_max_percent}%)",
-                )
-            )
-    return checks
-
-
-def drop_in_checks(config: HealthConfig) -> list[Check]:
-    """Every executable file in the drop-in directory, in name order; each must exit 0."""
-    if not config.drop_in_dir.is_dir():
-        return []
-    checks = []
-    for script in sorted(config.drop_in_dir.iterdir()):
-        if not script.is_file() or not os.access(script, os.X_OK):
-            continue
-        code, out = _run([str(script)], config.check_timeout_seconds)
-        checks.append(Check(f"script:{script.name}", code == 0, out[-2000:] or f"exit {code}"))
-    return checks
 
 
 def run_checks(config: HealthConfig, lvm: Lvm | None) -> list[Check]:
-    return [
-        *unit_checks(config),
-        *space_checks(config, lvm, ("/", "/var")),
-        *drop_in_checks(config),
-    ]
+    checks = host_checks(config, ("/", "/var"))
+    return [*checks, pool_check(config, lvm)] if lvm is not None else checks
 
 
 def summary(checks: list[Check]) -> str:

@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from imgline.core import hostcheck
 from imgline.schemas.payloads import HostId, ImageName, StreamName
 from imgline.updater.domain.policy import parse_window
 from imgline.updater.errors import UpdaterError
@@ -24,10 +25,12 @@ class HealthConfig(BaseModel):
     units: list[str] = Field(
         default_factory=list, description="systemd units that must be active (the payload)"
     )
-    disk_max_percent: int = Field(default=90, ge=1, le=100, description="for / and /var")
+    disk_max_percent: int = Field(
+        default=hostcheck.DISK_MAX_PERCENT, ge=1, le=100, description="for / and /var"
+    )
     thin_pool_max_percent: int = Field(default=90, ge=1, le=100)
     drop_in_dir: Path = Field(
-        default=Path("/etc/imgline/health.d"), description="executables; each must exit 0"
+        default=Path(hostcheck.DROP_IN_DIR), description="executables; each must exit 0"
     )
     check_timeout_seconds: float = Field(default=60.0, gt=0)
     settle_seconds: float = Field(
