@@ -22,6 +22,7 @@ case $1 in
         if [ -e "$FAKE/active/$unit" ]; then [ -n "${quiet:-}" ] || echo active; exit 0; fi
         [ -n "${quiet:-}" ] || echo failed; exit 3 ;;
     list-units) cat "$FAKE/failed" ;;
+    show) for a; do last=$a; done; cat "$FAKE/show/$last" 2>/dev/null ;;
     list-jobs) echo "42 ssh.service start waiting" ;;
 esac
 """
@@ -50,6 +51,7 @@ def host(
         (bin_dir / name).chmod(0o755)
     fake = tmp / "fake"
     (fake / "active").mkdir(parents=True, exist_ok=True)
+    (fake / "show").mkdir(exist_ok=True)
     (fake / "state").write_text(state)
     (fake / "failed").write_text(failed)
     (fake / "used").write_text(str(used))
@@ -174,3 +176,41 @@ def test_output_without_its_end_line_is_incomplete() -> None:
 def test_values_that_are_not_one_plain_word_are_refused(kw: dict[str, list[str]]) -> None:
     with pytest.raises(HostCheckError):
         arguments(**kw)  # type: ignore[arg-type]
+
+
+ONESHOT = "Type=oneshot\nResult=success\nActiveState=inactive\n"
+
+
+@pytest.mark.parametrize(
+    ("props", "state"),
+    [
+        (ONESHOT + "ExecMainStartTimestampMonotonic=5\nConditionResult=yes\n", "done"),
+        (
+            ONESHOT
+            + "ExecMainStartTimestampMonotonic=0\nConditionResult=no\n"
+            + "ConditionTimestampMonotonic=7\n",
+            "skipped",
+        ),
+        (ONESHOT + "ExecMainStartTimestampMonotonic=0\nConditionTimestampMonotonic=0\n", None),
+        ("Type=simple\nResult=success\nActiveState=inactive\n", None),
+        (ONESHOT.replace("success", "exit-code") + "ExecMainStartTimestampMonotonic=5\n", None),
+    ],
+    ids=[
+        "ran",
+        "condition-said-not-needed",
+        "not-started-yet",
+        "simple-and-dead",
+        "oneshot-failed",
+    ],
+)
+def test_a_oneshot_unit_counts_once_it_ran_or_was_not_needed(
+    tmp_path: Path, props: str, state: str | None
+) -> None:
+    env = host(tmp_path)
+    (Path(env["FAKE"]) / "show" / "keys.service").write_text(props)
+    report = parse(
+        run(env, arguments(units=["keys.service"], settle_seconds=0, drop_in_dir=None)).stdout
+    )
+    (check,) = [c for c in report.checks if c.name == "unit:keys.service"]
+    assert check.ok == (state is not None)
+    assert check.detail.splitlines()[0] == (state or "keys.service is failed")

@@ -59,6 +59,25 @@ emit() {
         "$(printf '%s\n' "$3" | awk '{ printf "%s%s", (NR > 1 ? "\\n" : ""), $0 }')"
 }
 
+# unit_state UNIT: "active", "done" (a oneshot that ran and exited 0), "skipped" (a oneshot
+# whose condition said it was not needed, e.g. host keys already made); else fails
+unit_state() {
+    if systemctl is-active --quiet -- "$1"; then echo active; return 0; fi
+    props=$(systemctl show -p Type -p Result -p ActiveState -p ExecMainStartTimestampMonotonic \
+        -p ConditionResult -p ConditionTimestampMonotonic -- "$1" 2>/dev/null)
+    case $props in *Type=oneshot*) ;; *) return 1 ;; esac
+    case $props in *Result=success*) ;; *) return 1 ;; esac
+    case $props in *ActiveState=inactive*) ;; *) return 1 ;; esac
+    case $props in *ExecMainStartTimestampMonotonic=0*) ;; *) echo done; return 0 ;; esac
+    case $props in
+        *ConditionResult=no*) case $props in
+            *ConditionTimestampMonotonic=0*) ;;
+            *) echo skipped; return 0 ;;
+        esac ;;
+    esac
+    return 1
+}
+
 journal() {
     journalctl -b --no-pager -o short-monotonic -n "$2" -u "$1" 2>&1
 }
@@ -83,12 +102,13 @@ fi
 
 deadline=$(( $(now) + settle ))
 for unit in $units; do
-    while ! systemctl is-active --quiet -- "$unit" && [ "$(now)" -lt "$deadline" ]; do
+    while ! unit_state "$unit" >/dev/null && [ "$(now)" -lt "$deadline" ]; do
         sleep 1
     done
-    if state=$(systemctl is-active -- "$unit" 2>&1); then
+    if state=$(unit_state "$unit"); then
         emit ok "unit:$unit" "$state"
     else
+        state=$(systemctl is-active -- "$unit" 2>&1)
         emit failed "unit:$unit" "$unit is ${state:-not active}
 $(journal "$unit" 15)"
     fi

@@ -110,15 +110,26 @@ class TestHandler:
         with log_path.open("w", encoding="utf-8") as test_log:
             test_log.write(f"# imgline tests of {built.name}-{built.version} ({built.build_id})\n")
             image = local_path(built.artifact.uri, workdir)
-            results, meta = run_sanity(image, built.ref(), expectations, workdir, test_log)
+            boot_dir = workdir / "boot"
+            results, meta = run_sanity(
+                image, built.ref(), expectations, workdir, test_log, boot_dir=boot_dir
+            )
             boot = expectations.boot
             if not boot.enabled:
                 results.append(skipped("boot.live", "boot check disabled by the test plan"))
             elif any(r.name.startswith("integrity.") and not r.ok for r in results):
                 results.append(skipped("boot.live", "image integrity failed: nothing to boot"))
             else:
-                results.append(
-                    boot_check(image, meta or {}, boot, workdir, test_log, accel=self.config.accel)
+                results += boot_check(
+                    image,
+                    meta or {},
+                    boot,
+                    workdir,
+                    test_log,
+                    expected=built.ref(),
+                    units=expectations.services,
+                    boot_dir=boot_dir,
+                    accel=self.config.accel,
                 )
         for r in results:
             self.metrics.checks.labels(r.name, r.status).inc()

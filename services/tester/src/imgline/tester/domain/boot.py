@@ -1,13 +1,16 @@
 """The live boot check as data: the qemu command line and reading the serial console.
 
 The guest boots the image the way a host's installer or PXE setup would: the image's own kernel
-and initramfs, ``root=live:`` pointing at the squashfs attached as a read-only disk. Success is a
-marker line on the serial console within a time limit; anything else fails with the console
-lines that explain why.
+and initramfs, ``root=live:`` pointing at the squashfs attached as a read-only disk. It is up
+when a marker line shows on the serial console within a time limit; it is healthy when the
+shared host checks, run inside it (domain/inject.py), pass and report on the second serial
+port; its network works when the payload answers on a forwarded port. Anything else fails with
+the console lines that explain why.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -37,19 +40,37 @@ _CLUES = (
 )
 
 
+def qemu_path(path: Path) -> str:
+    """A path inside a qemu option, where a comma would start the next option."""
+    return str(path).replace(",", ",,")
+
+
+def user_net(forward: tuple[int, int] | None) -> str:
+    """User-mode networking the guest cannot leave (``restrict=on``): DHCP from qemu, and at
+    most one port, on the host's loopback, forwarded to the guest."""
+    nic = "user,model=virtio-net-pci,restrict=on"
+    if forward is not None:
+        host_port, guest_port = forward
+        nic += f",hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}"
+    return nic
+
+
 def qemu_command(
     *,
     kernel: Path,
     initrd: Path,
     image: Path,
     memory_mib: int,
+    results: Path,
+    forward: tuple[int, int] | None = None,
     boot_args: str = DEFAULT_BOOT_ARGS,
     extra_args: str = "",
     accel: str = "tcg",
 ) -> list[str]:
     """qemu for one live boot: TCG by default (KVM guests hung on this kind of host), the
-    squashfs as a read-only virtio disk, serial console on stdout, no network, a virtio RNG so
-    early userspace does not stall waiting for entropy."""
+    squashfs as a read-only virtio disk, the console (ttyS0) on stdout, the host checks'
+    results (ttyS1) in ``results``, a restricted user-mode network, and a virtio RNG so early
+    userspace does not stall waiting for entropy."""
     append = " ".join(x for x in (boot_args, NON_INTERACTIVE, extra_args) if x)
     return [
         "qemu-system-x86_64",
@@ -67,6 +88,8 @@ def qemu_command(
         "none",
         "-serial",
         "stdio",
+        "-serial",
+        f"file:{qemu_path(results)}",
         "-no-reboot",
         "-kernel",
         str(kernel),
@@ -75,17 +98,33 @@ def qemu_command(
         "-append",
         append,
         "-drive",
-        f"file={image},format=raw,if=virtio,readonly=on",
+        f"file={qemu_path(image)},format=raw,if=virtio,readonly=on",
         "-device",
         "virtio-rng-pci",
         "-nic",
-        "none",
+        user_net(forward),
     ]
 
 
 def clean(line: str) -> str:
     """A console line without colour codes and carriage returns."""
     return _ANSI.sub("", line).replace("\r", "").rstrip()
+
+
+def compare_answer(body: bytes, expected: dict[str, str]) -> str | None:
+    """Why the payload's HTTP answer is not the image it should be, or None when it is."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return f"the answer is not JSON: {body[:200]!r}"
+    if not isinstance(doc, dict):
+        return f"the answer is not a JSON object: {body[:200]!r}"
+    wrong = [
+        f"{key} is {doc.get(key)!r}, image.built says {value!r}"
+        for key, value in expected.items()
+        if doc.get(key) != value
+    ]
+    return "; ".join(wrong) or None
 
 
 def explain(lines: Iterable[str], limit: int = 6) -> str:

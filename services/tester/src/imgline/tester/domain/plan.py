@@ -61,6 +61,10 @@ class BootPlan(_Strict):
     timeout_seconds: Timeout = 600
     memory_mib: int = Field(default=1536, ge=256, le=16384)
     extra_kernel_args: str = ""
+    http_port: int | None = Field(
+        default=None, ge=1, le=65535, description="the guest port whose answer must be image.json"
+    )
+    http_path: str = Field(default="/", pattern=r"^/[A-Za-z0-9._~/-]*$")
 
 
 class BootOverrides(_Strict):
@@ -71,6 +75,8 @@ class BootOverrides(_Strict):
     timeout_seconds: Timeout | None = None
     memory_mib: int | None = Field(default=None, ge=256, le=16384)
     extra_kernel_args: str | None = None
+    http_port: int | None = Field(default=None, ge=1, le=65535)
+    http_path: str | None = Field(default=None, pattern=r"^/[A-Za-z0-9._~/-]*$")
 
 
 def has_wildcard(path: str) -> bool:
