@@ -87,15 +87,19 @@ def wait_event(ch: Any, queue: str, timeout: float) -> tuple[str, dict[str, Any]
 
 
 def show_tests(ch: Any, watch: str) -> bool:
-    log.info("2) the tester checks it; the live boot under TCG takes a minute or two")
+    log.info(
+        "2) the tester checks it; the live boot under TCG takes a few minutes: up (marker), "
+        "healthy (units, failed units, disk, inside the guest), reachable (its HTTP answer)"
+    )
     _topic, event = wait_event(ch, watch, 1800)
     for result in event["results"]:
+        detail = result["detail"].splitlines()[0] if result["detail"] else ""
         log.info(
-            "   %-20s %-7s %6.1fs  %s",
+            "   %-36s %-7s %6.1fs  %s",
             result["name"],
             result["status"],
             result["duration_seconds"],
-            result["detail"][:100],
+            detail[:100],
         )
     log.info("   image.tested: passed=%s, report %s", event["passed"], event["report_url"])
     return bool(event["passed"])
