@@ -18,18 +18,21 @@ from imgline.updater.settings import LayoutConfig
 pytestmark = pytest.mark.unit
 
 
-def test_install_ks_makes_the_updaters_volume_group_pool_and_volumes() -> None:
-    text = render(
+def install_ks(stream: str = "stable", repository_url: str = "http://repo") -> str:
+    return render(
         name="node",
         version="20261201.1",
-        stream="stable",
+        stream=stream,
         image_url="http://repo/targets/x.img",
         sha256="0" * 64,
-        repository_url="http://repo",
+        repository_url=repository_url,
         root_metadata=b"{}",
         layout=InstallLayout(),
     )
-    text = text.replace("\\\n", "")
+
+
+def test_install_ks_makes_the_updaters_volume_group_pool_and_volumes() -> None:
+    text = install_ks().replace("\\\n", "")
     layout = LayoutConfig()
     logvols = dict(re.findall(r"^logvol (\S+) .*--name=(\S+)", text, re.MULTILINE))
     assert f"--vgname={layout.vg}" in text
@@ -43,17 +46,7 @@ def test_install_ks_leaves_a_config_the_updater_reads(tmp_path: Path) -> None:
     """%post run by a shell writes an updater.toml that the updater accepts as it is, with a
     hostile-looking repository URL quoted, not interpreted."""
     url = 'http://repo.example/a"b\\c$(touch pwned)'
-    text = render(
-        name="node",
-        version="20261201.1",
-        stream="edge",
-        image_url="http://repo/targets/x.img",
-        sha256="0" * 64,
-        repository_url=url,
-        root_metadata=b"{}",
-        layout=InstallLayout(),
-    )
-    post = text.split("%post --erroronfail\n", 1)[1].split("%end", 1)[0]
+    post = install_ks("edge", url).split("%post --erroronfail\n", 1)[1].split("%end", 1)[0]
     script = post.replace("/var/lib/imgline", str(tmp_path / "var")).replace(
         "/etc/imgline", str(tmp_path / "etc")
     )

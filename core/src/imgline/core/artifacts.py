@@ -28,7 +28,7 @@ from typing import BinaryIO
 from pydantic import BaseModel, ConfigDict
 
 from imgline.core.errors import ImglineError
-from imgline.core.fsutil import fsync_dir
+from imgline.core.fsutil import fsync_dir, write_temp
 
 log = logging.getLogger(__name__)
 
@@ -234,18 +234,7 @@ class LocalArtifactStore:
 
     def _write_tmp(self, data: bytes, mode: int, *, prefix: str) -> Path:
         """A new fsynced file under ``tmp/`` holding ``data``, ready to be renamed or linked."""
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix=prefix)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as sink:
-                sink.write(data)
-                sink.flush()
-                os.fchmod(sink.fileno(), mode)
-                os.fsync(sink.fileno())
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return tmp
+        return write_temp(self._tmp, data, mode=mode, prefix=prefix)
 
     def _adopt(self, src: Path) -> StoredArtifact:
         """Take ``src`` over by rename (same filesystem), then hash it where it now is.

@@ -78,16 +78,28 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, parents: bool = 
     """
     if parents:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}-")
+    tmp = write_temp(path.parent, data, mode=mode, prefix=f"{TMP_PREFIX}{path.name}-")
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def write_temp(directory: Path, data: bytes, *, mode: int, prefix: str) -> Path:
+    """A new, uniquely named, fsynced file in ``directory`` holding ``data``, ready to be
+    renamed or linked into place; nothing is left behind when writing fails."""
+    fd, name = tempfile.mkstemp(dir=directory, prefix=prefix)
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
             out.flush()
             os.fchmod(out.fileno(), mode)
             os.fsync(out.fileno())
-        os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    return tmp

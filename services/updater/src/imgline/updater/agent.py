@@ -309,6 +309,19 @@ def agent_topology(bus: BusSettings, config: HostConfig, host_id: str) -> topolo
     return topology.service_topology(settings, (ImagePublishedV1.binding(config.stream),))
 
 
+def make_agent(
+    config: HostConfig,
+    host: Host,
+    host_id: str,
+    client: RepositoryClient | None,
+    clock: Callable[[], datetime],
+) -> Agent:
+    """The agent with the host's pinned-root TUF client (unless a test brings its own)."""
+    if client is None:
+        client = RepositoryClient.for_base_url(config.repository_url, config.tuf_dir)
+    return Agent(config, host_id, client, host, outbox_of(config), clock=clock)
+
+
 class AgentService:
     """The agent wired to the bus: a consumer for hints, a publisher for the outbox, and the
     trigger loop on a thread of its own. ``run`` blocks until ``stop`` (or SIGTERM via
@@ -329,10 +342,8 @@ class AgentService:
             raise ConfigError("the updater agent needs a broker: set amqp_url or IMGLINE_AMQP_URL")
         self.settings = agent_settings(bus, host_id)
         self.config = config
-        self.outbox = outbox_of(config)
-        if client is None:
-            client = RepositoryClient.for_base_url(config.repository_url, config.tuf_dir)
-        self.agent = Agent(config, host_id, client, host, self.outbox, clock=clock)
+        self.agent = make_agent(config, host, host_id, client, clock)
+        self.outbox = self.agent.outbox
         self.consumer = Consumer(self.settings, bus.amqp_url)
         self.consumer.on(
             ImagePublishedV1, self.on_published, topic=ImagePublishedV1.binding(config.stream)
@@ -384,9 +395,7 @@ class PullAgent:
         client: RepositoryClient | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        if client is None:
-            client = RepositoryClient.for_base_url(config.repository_url, config.tuf_dir)
-        self.agent = Agent(config, host_id, client, host, outbox_of(config), clock=clock)
+        self.agent = make_agent(config, host, host_id, client, clock)
         self.triggers = Triggers(self.agent.check, self._keep, config.refresh_interval_seconds)
 
     def _keep(self) -> bool:
