@@ -88,8 +88,9 @@ def test_node_image_passes_every_check_through_the_broker(
     assert xml is not None
     suite = ET.fromstring(xml).find("testsuite")  # noqa: S314 - our own output
     assert suite is not None and suite.get("failures") == "0"
-    cases = {c.get("name") for c in suite.iter("testcase")}
-    assert {"boot.unit:ssh.service", "boot.failed-units", "boot.network"} <= cases
+    cases = {(c.get("classname"), c.get("name")) for c in suite.iter("testcase")}
+    boot = "imgline.node.boot"
+    assert {(boot, "unit:ssh.service"), (boot, "failed-units"), (boot, "network")} <= cases
     checks = store.read_record("reports", f"{built.build_id}.checks.log")
     assert checks is not None and b"IMGLINE-CHECK-END 0" in checks
 

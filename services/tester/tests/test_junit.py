@@ -64,6 +64,17 @@ def test_report_counts_and_cases() -> None:
     assert out is not None and out.text == "[[ATTACHMENT|console.log]]"
 
 
+def test_a_check_name_with_dots_of_its_own_stays_whole() -> None:
+    """A unit's name has a dot: the group is the first part only."""
+    xml = to_junit_xml(
+        "imgline.node",
+        [CheckResult(name="boot.unit:ssh.service", status="passed", duration_seconds=1)],
+        {},
+    )
+    (case,) = ET.fromstring(xml).iter("testcase")  # noqa: S314 - our own output
+    assert (case.get("classname"), case.get("name")) == ("imgline.node.boot", "unit:ssh.service")
+
+
 def test_verdict_needs_a_check_and_no_failure() -> None:
     assert not verdict([])
     assert not verdict(results())

@@ -86,6 +86,8 @@ class Guest:
             self.proc.wait()
             code = None
         self._pump.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self._out.close()
         return code
 

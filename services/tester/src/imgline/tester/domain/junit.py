@@ -34,7 +34,8 @@ def to_junit_xml(suite: str, results: Sequence[CheckResult], properties: Mapping
     for key, value in properties.items():
         ET.SubElement(props, "property", name=key, value=value)
     for r in results:
-        group, _, check = r.name.rpartition(".")
+        # the first part is the group; the rest may hold dots of its own (unit:ssh.service)
+        group, _, check = r.name.partition(".") if "." in r.name else ("", "", r.name)
         case = ET.SubElement(
             ts,
             "testcase",
