@@ -114,6 +114,20 @@ def test_bad_window_names_the_text_and_the_form(spec: str, why: str) -> None:
     assert caught.value.step == "config"
 
 
+@pytest.mark.parametrize(
+    ("health", "fragment"),
+    [
+        ({"units": ["node-payload.service; reboot"]}, "not a systemd unit name"),
+        ({"drop_in_dir": "/etc/health checks"}, "not a plain absolute path"),
+    ],
+)
+def test_health_settings_the_check_script_cannot_take_are_refused_at_start(
+    health: dict[str, object], fragment: str
+) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        HostConfig.model_validate({"health": health})
+
+
 def test_bad_window_is_a_config_error_at_start() -> None:
     with pytest.raises(ValidationError, match="'Fry' is not a day"):
         HostConfig(maintenance_windows=["Mon 02:00-03:00", "Mon-Fry 02:00-04:00"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from imgline.core import hostcheck
 from imgline.schemas.payloads import HostId, ImageName, StreamName
@@ -36,6 +36,16 @@ class HealthConfig(BaseModel):
     settle_seconds: float = Field(
         default=120.0, ge=0, description="how long units may take to become active after boot"
     )
+
+    @model_validator(mode="after")
+    def _script_can_take_them(self) -> HealthConfig:
+        """A unit name or directory the check script cannot take must stop the agent at start,
+        not fail the first health check after an upgrade (and roll the host back)."""
+        try:
+            hostcheck.arguments(units=self.units, drop_in_dir=str(self.drop_in_dir))
+        except hostcheck.HostCheckError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
 
 
 class LayoutConfig(BaseModel):
