@@ -194,7 +194,8 @@ def test_a_unit_failing_at_boot_fails_the_boot_check_by_name(
     assert by_name["boot.unit:ssh.service"].status == "passed"
     failed = by_name["boot.failed-units"]
     assert failed.status == "failed"
-    assert failed.detail.splitlines()[0] == "broken-on-purpose.service"
+    # first line: the failed units' names (on a starved machine others may time out too)
+    assert "broken-on-purpose.service" in failed.detail.splitlines()[0].split()
     assert "cannot reach the licence server" in failed.detail  # its journal, in the report
     assert by_name["boot.system"].status == "failed"
     assert by_name["boot.system"].detail == "degraded"
