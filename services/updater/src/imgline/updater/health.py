@@ -29,11 +29,8 @@ from imgline.updater.settings import HealthConfig
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
+#: One check's outcome: the shared script's, or the updater's own thin-pool check.
+Check = hostcheck.HostCheck
 
 
 def _run(argv: list[str], timeout: float) -> tuple[int, str]:
@@ -61,7 +58,7 @@ def host_checks(config: HealthConfig, mounts: tuple[str, ...]) -> list[Check]:
     limit = config.settle_seconds + config.check_timeout_seconds * (scripts + 2) + 30
     code, out = _run(["sh", "-c", hostcheck.SCRIPT, "imgline-hostcheck", *args], limit)
     report = hostcheck.parse(out)
-    checks = [Check(c.name, c.ok, c.detail) for c in report.checks]
+    checks = list(report.checks)
     if not report.complete:
         checks.append(Check("host-checks", False, f"the checks did not finish (exit {code})"))
     return checks
