@@ -70,7 +70,8 @@ def config_toml(
         'units = ["node-payload.service"]\n'
         f"settle_seconds = {settle_seconds}\n"
         "[consumer_config.layout]\n"
-        "boot_mib = 128\n"
+        # three layers' kernels (about 40 MiB each) and GRUB for BIOS and UEFI
+        "boot_mib = 256\n"
         "root_extra_mib = 256\n"
         'volumes = {"/var" = 512, "/var/log" = 128, "/var/tmp" = 64, "/home" = 64}\n'
     )

@@ -351,10 +351,29 @@ class Applier:
     def _boot_files(self, jr: ApplyJournal, release: Release) -> ApplyJournal:
         dest = self.boot / "imgline" / jr.layer_lv
         with self.system.mounted("boot_files", self.lvm.path(jr.layer_lv), options="ro") as root:
-            for src, name in ((jr.notes["kernel"], "vmlinuz"), (jr.notes["initrd"], "initrd.img")):
-                path = root / str(src).lstrip("/")
+            files = [
+                (root / str(src).lstrip("/"), name)
+                for src, name in (
+                    (jr.notes["kernel"], "vmlinuz"),
+                    (jr.notes["initrd"], "initrd.img"),
+                )
+            ]
+            for path, _name in files:
                 if not path.is_file():
-                    raise UpdaterError(f"the image has no {src}: it cannot boot", "boot_files")
+                    raise UpdaterError(
+                        f"the image has no {path.name}: it cannot boot", "boot_files"
+                    )
+            needed = sum(path.stat().st_size for path, _name in files)
+            free = shutil.disk_usage(self.boot).free
+            if needed > free:
+                raise UpdaterError(
+                    f"{self.boot} has {free >> 20} MiB free, and the kernel and initramfs of "
+                    f"{jr.name} {jr.version} need {needed >> 20} MiB: remove an old layer "
+                    "(`imgline-updater remove VERSION`) or give the boot partition more room "
+                    "(layout.boot_mib at install)",
+                    "boot_files",
+                )
+            for path, name in files:
                 write_atomic(dest / name, path.read_bytes(), parents=True)
         return jr
 
