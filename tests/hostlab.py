@@ -114,6 +114,8 @@ layer=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["default_layer"
   < /var/lib/imgline/state.json)
 mkdir -p /mnt/layer && mount -o ro "/dev/imgline/$layer" /mnt/layer
 for f in /mnt/layer/etc/imgline-test/*; do echo "FILE ${f##*/} $(base64 -w0 < "$f")"; done
+f=/mnt/layer/etc/systemd/system/lvm2-monitor.service.d/50-imgline-retry.conf
+if [ -e "$f" ]; then echo "FILE lvm2-monitor-retry $(base64 -w0 < "$f")"; fi
 umount /mnt/layer
 """
 

@@ -5,13 +5,13 @@ v1, v2 and v3 are releases of the node image (tests/hostimages.py): v2 changes v
 /etc, v3's payload fails, so its health check fails. A disk is installed with v1 by
 ``imgline-updater install`` in a helper guest, then booted like a machine:
 
-- GRUB on SeaBIOS: the agent on the host sees v2 in the signed repository, applies it, reboots;
-  v2 passes its health check (``host.upgraded`` on the bus); then v3 is published, applied,
-  fails its health check, and the host goes back to v2 by itself (``host.rolled_back``).
-- systemd-boot on OVMF: the same story, the boot counter in the entry's file name.
-- An apply killed with SIGKILL after each of its steps, resumed each time: the old default
-  stays the default until the switch, and the disk then boots v2 with the admin's /etc kept,
-  this time through OVMF and GRUB's EFI image (a GRUB install boots on either firmware).
+- GRUB: an apply of v2 killed with SIGKILL after each of its steps, resumed each time (the old
+  default stays the default until the switch); the disk then boots on SeaBIOS, v2 passes its
+  health check (``host.upgraded`` on the bus) with the admin's /etc kept; v3 is published,
+  the agent applies it, it fails its health check, and the host goes back to v2 by itself
+  (``host.rolled_back``); last, the same disk starts through OVMF and GRUB's EFI image.
+- systemd-boot on OVMF: the agent on v1 applies v2 from the signed repository, reboots into
+  the entry whose file name carries the boot counter, and blesses it.
 """
 
 from __future__ import annotations
@@ -171,79 +171,62 @@ def _expect(host: Watcher, marker: str, timeout: float) -> float:
     return seen.seconds
 
 
-def upgrade_then_roll_back(
-    host: Watcher, lab: Lab, releases: list[HostRelease], *, image: Path, disk: Path
-) -> None:
-    """v1 boots; the agent applies v2 from the repository, reboots, v2 is healthy
-    (host.upgraded); v3 is published, applied, fails its health check, and the host is back on
-    v2 by itself (host.rolled_back). Prints the times the closing report quotes."""
-    v1, v2, v3 = releases
-    _expect(host, f"{READY} {v1.version}", BOOT_TIMEOUT)
-    t_apply = host.seconds
-    _expect(host, f"{READY} {v2.version}", APPLY_TIMEOUT)
-    _expect(host, f"IMGLINE-HEALTH host.upgraded {v2.version}", BOOT_TIMEOUT)
-    upgraded = lab.wait_report("host.upgraded", 180)
-    assert (upgraded["host_id"], upgraded["from_version"], upgraded["to_version"]) == (
+def upgraded(host: Watcher, lab: Lab, old: HostRelease, new: HostRelease) -> None:
+    """``new`` is up on trial, passes its health check, and the host says so on the bus."""
+    _expect(host, f"{READY} {new.version}", APPLY_TIMEOUT)
+    _expect(host, f"IMGLINE-HEALTH host.upgraded {new.version}", BOOT_TIMEOUT)
+    report = lab.wait_report("host.upgraded", 180)
+    assert (report["host_id"], report["from_version"], report["to_version"]) == (
         HOST_ID,
-        v1.version,
-        v2.version,
+        old.version,
+        new.version,
     )
-    print(f"v1 -> v2: applied, rebooted and healthy {host.seconds - t_apply:.0f}s after v1 was up")
 
-    lab.publish(v3)
+
+def rolls_back(host: Watcher, lab: Lab, good: HostRelease, bad: HostRelease) -> None:
+    """``bad`` is published, applied by the agent, fails its health check, and the host is back
+    on ``good`` by itself (host.rolled_back). Prints the times the closing report quotes."""
+    lab.publish(bad)
     t_bad = host.seconds
-    _expect(host, f"IMGLINE-HEALTH host.rolled_back {v3.version}", APPLY_TIMEOUT)
+    _expect(host, f"IMGLINE-HEALTH host.rolled_back {bad.version}", APPLY_TIMEOUT)
     t_rollback = host.seconds
-    _expect(host, f"{READY} {v2.version}", BOOT_TIMEOUT)
+    _expect(host, f"{READY} {good.version}", BOOT_TIMEOUT)
     print(
-        f"v3: applied and failed its health check after {t_rollback - t_bad:.0f}s; "
-        f"back on v2 {host.seconds - t_rollback:.0f}s later"
+        f"{bad.version}: applied and failed its health check after {t_rollback - t_bad:.0f}s; "
+        f"back on {good.version} {host.seconds - t_rollback:.0f}s later"
     )
     rolled = lab.wait_report("host.rolled_back", 240)
     assert (rolled["from_version"], rolled["to_version"], rolled["step"]) == (
-        v2.version,
-        v3.version,
+        good.version,
+        bad.version,
         "health",
     )
     assert "node-payload.service" in str(rolled["error"])
-    host.stop()
-    seen = inspect(image, disk)
-    assert seen.state["default_layer"] == f"node-{v2.version}+1"
-    assert seen.state["bad_versions"] == [v3.version]
-    assert seen.state["pending"] is None
 
 
-def test_grub_host_upgrades_then_rolls_back_a_bad_release(
-    tmp_path: Path,
-    grub_v1: Path,
-    node_liveimg: Path,
-    releases: list[HostRelease],
-    lab: Lab,
-) -> None:
-    disk = _copy(grub_v1, tmp_path / "host.img")
-    lab.publish(releases[1])
-    console = tmp_path / "console.log"
-    with start_disk(disk, firmware="bios", net=lab.services.net(), console_log=console) as host:
-        upgrade_then_roll_back(host, lab, releases, image=node_liveimg, disk=disk)
-
-
-def test_systemd_boot_host_upgrades_then_rolls_back_a_bad_release(
+def test_systemd_boot_host_applies_a_published_release_and_blesses_it(
     tmp_path: Path,
     node_liveimg: Path,
     releases: list[HostRelease],
     amqp_url: str,
     exchange: str,
 ) -> None:
-    site = make_site(tmp_path / "repo")  # its own: the GRUB host's repository has v3 already
+    """systemd-boot on OVMF: the agent on v1 sees v2 in the signed repository, applies it and
+    reboots; systemd-boot tries the entry with the counter in its file name, and v2 is kept."""
+    v1, v2, _v3 = releases
+    site = make_site(tmp_path / "repo")  # its own, pinned at this install
     disk = blank_disk(tmp_path / "host.img", 6144)
     config = config_toml(exchange=exchange)
-    _install(node_liveimg, releases[0], site, disk, config=config, loader="systemd-boot")
+    _install(node_liveimg, v1, site, disk, config=config, loader="systemd-boot")
     with serving(site, amqp_url, exchange) as lab:
-        lab.publish(releases[1])
+        lab.publish(v2)
         console = tmp_path / "console.log"
         net = lab.services.net()
         with start_disk(disk, firmware="uefi", net=net, console_log=console) as host:
-            upgrade_then_roll_back(host, lab, releases, image=node_liveimg, disk=disk)
+            _expect(host, f"{READY} {v1.version}", BOOT_TIMEOUT)
+            t_apply = host.seconds
+            upgraded(host, lab, v1, v2)
+            print(f"v1 -> v2: applied, rebooted and healthy {host.seconds - t_apply:.0f}s after v1")
 
 
 #: After each step: the default must still be v1 until switch_default, v2 (on trial) after.
@@ -266,12 +249,17 @@ PY
 """
 
 
-def test_apply_killed_after_every_step_resumes_and_boots(
+def test_grub_host_resumes_a_killed_apply_upgrades_and_rolls_back_a_bad_release(
     tmp_path: Path,
     grub_v1: Path,
     node_liveimg: Path,
     releases: list[HostRelease],
+    lab: Lab,
 ) -> None:
+    """GRUB, installed with v1: an apply of v2 killed after each of its steps and resumed; then
+    the disk boots like a machine (SeaBIOS), v2 is blessed, the agent applies a published v3
+    that fails its health check and the host is back on v2 by itself; last, the same disk
+    starts through OVMF and GRUB's EFI image, with the same grub.cfg and grubenv."""
     v1, v2, v3 = releases
     disk = _copy(grub_v1, tmp_path / "host.img")
     apply_v2 = f"{UPDATER} apply --image /job/v2.img --sha256 {v2.sha256}"
@@ -300,19 +288,24 @@ def test_apply_killed_after_every_step_resumes_and_boots(
     run = helper(node_liveimg, script, disk, files, timeout=2400)
     for step in STEPS:
         assert f"CRASH-CHECK-OK {step}" in run.output
-    # the GRUB install boots on either firmware: this disk, installed and upgraded on BIOS
-    # terms, now starts through OVMF and GRUB's EFI image, with the same grub.cfg and grubenv
+    lab.publish(v2)  # as on a real host: the release it was given is the one offered
     console = tmp_path / "console.log"
-    with start_disk(disk, firmware="uefi", console_log=console) as host:
+    with start_disk(disk, firmware="bios", net=lab.services.net(), console_log=console) as host:
+        upgraded(host, lab, v1, v2)
+        rolls_back(host, lab, v2, v3)
+    with start_disk(disk, firmware="uefi", console_log=tmp_path / "uefi.log") as host:
         _expect(host, f"{READY} {v2.version}", BOOT_TIMEOUT)
-        _expect(host, f"IMGLINE-HEALTH host.upgraded {v2.version}", BOOT_TIMEOUT)
     seen = inspect(node_liveimg, disk)
     assert seen.state["default_layer"] == f"node-{v2.version}+1"
+    assert seen.state["bad_versions"] == [v3.version]
+    assert seen.state["pending"] is None
     # the three-way /etc merge: admin's edit kept, vendor's update taken, a conflict saved
     assert seen.etc["admin.conf"] == ADMIN_EDITS["admin.conf"]
     assert seen.etc["vendor.conf"] == "vendor 2\n"
     assert seen.etc["both.conf"] == ADMIN_EDITS["both.conf"]
     assert seen.etc["both.conf.imgnew"] == "vendor 2\n"
+    # the installer's drop-in went with /etc into the new layers
+    assert "Restart=on-failure" in seen.etc["lvm2-monitor-retry"]
 
 
 def _offline_config(tmp_path: Path) -> Path:

@@ -144,6 +144,9 @@ def test_adoption_records_the_layer_and_boots_our_entry_of_it(tmp_path: Path) ->
     assert cfg.index('set default="${saved_entry}"') < cfg.index(bootentry.COUNTER_MARK)
     snippet = host.root / GrubBls.SNIPPET
     assert snippet.stat().st_mode & 0o111
+    # a slow dmeventd at the next boot is retried, not taken for a broken release
+    retry = host.root / "etc/systemd/system/lvm2-monitor.service.d/50-imgline-retry.conf"
+    assert "Restart=on-failure" in retry.read_text()
 
 
 @pytest.mark.usefixtures("booted_from_layer")
@@ -211,6 +214,7 @@ def test_adoption_refuses_what_it_cannot_vouch_for(tmp_path: Path, case: str, me
     if case != "already adopted":
         assert not host.files.state.exists()
         assert not (host.boot / "grub2/grubenv").exists()  # nothing that boots was touched
+        assert not (host.root / "etc/systemd/system/lvm2-monitor.service.d").exists()
 
 
 def test_adoption_needs_the_installed_layer_to_be_running(

@@ -31,6 +31,7 @@ from imgline.updater.domain import bootentry, journal
 from imgline.updater.domain.bootentry import Entry
 from imgline.updater.domain.journal import HostState, LastResult, Layer, LvName
 from imgline.updater.errors import UpdaterError
+from imgline.updater.install import write_drop_ins
 from imgline.updater.settings import HostConfig
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,7 @@ class Adopter:
             default_layer=installed.layer,
             last_result=LastResult(kind="installed", version=installed.version, at=self.clock()),
         )
+        write_drop_ins(self.root / "etc")
         self.files.save_state(state)
         log.info("adopted %s %s (layer %s)", installed.name, installed.version, installed.layer)
         return state

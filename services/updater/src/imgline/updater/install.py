@@ -48,6 +48,24 @@ def volume_lv(mount_point: str) -> str:
     return check_name(mount_point.strip("/").replace("/", "_") or "root")
 
 
+#: Drop-ins for the host's own units, written at install and at adoption; /etc merges keep them.
+#: lvm2-monitor asks dmeventd to watch the thin pool; on a slow first boot dmeventd can miss its
+#: handshake ("No input from event server") and the unit fails although a second try succeeds.
+#: A failed unit fails the health check, so without a retry a healthy release is rolled back.
+DROP_INS = {
+    "lvm2-monitor.service.d/50-imgline-retry.conf": (
+        "# imgline: retry when dmeventd is slow to answer at boot (docs/updater.md)\n"
+        "[Service]\nRestart=on-failure\nRestartSec=5\n"
+    ),
+}
+
+
+def write_drop_ins(etc: Path) -> None:
+    """Writes ``DROP_INS`` under ``etc`` (a root's /etc); they take effect at the next boot."""
+    for name, text in DROP_INS.items():
+        write_atomic(etc / "systemd/system" / name, text.encode(), parents=True)
+
+
 def units(python_path: Path, config: Path) -> dict[str, str]:
     """The host's systemd units: the boot health check and the agent."""
     env = f"Environment=PYTHONPATH={python_path}\n"
@@ -208,6 +226,7 @@ class Installer:
         fstab = root / "etc/fstab"
         old = fstab.read_text() if fstab.exists() else ""
         write_atomic(fstab, (old + "\n".join(lines) + "\n").encode(), parents=True)
+        write_drop_ins(root / "etc")
         conf = root / CONFIG_PATH.relative_to("/")
         write_atomic(
             conf, self.config_text.encode(), mode=0o600, parents=True
