@@ -106,10 +106,23 @@ def test_invalid_message_is_dead_lettered_naming_the_field(
             pub.publish_raw(s.exchange, bad.topic, bad._encoded_body, bad._properties)
             garbage = BuildRequestedV1.from_payload(request("x"))
             pub.publish_raw(s.exchange, garbage.topic, b"{not json", garbage._properties)
+            # properties fedora-messaging does not turn into a ValidationError: each of these
+            # used to raise out of the delivery callback and end the consumer
+            for change in ({"content_encoding": "x-bogus"}, {"fedora_messaging_schema": [1]}):
+                odd = BuildRequestedV1.from_payload(request("odd"))
+                props = odd._properties
+                if "content_encoding" in change:
+                    props.content_encoding = change["content_encoding"]
+                else:
+                    props.headers = {**(props.headers or {}), **change}
+                pub.publish_raw(s.exchange, odd.topic, odd._encoded_body, props)
         publish(s, amqp_url, "after")
         wait_for(lambda: got == ["after"], what="the good message after the bad ones")
-        wait_for(lambda: queue_depth(amqp_url, s.dead_letter_queue) == 2, what="2 dead letters")
+        wait_for(lambda: queue_depth(amqp_url, s.dead_letter_queue) == 4, what="4 dead letters")
     reasons = sorted(h[REASON_HEADER] for h, _ in take_all(amqp_url, s.dead_letter_queue))
+    assert consumer.connects == 1  # served all along, never restarted
+    assert any("LookupError: unknown encoding: x-bogus" in r for r in reasons), reasons
+    assert any("undecodable delivery: TypeError" in r for r in reasons), reasons
     assert any(
         r.startswith("invalid message: build.requested is invalid: stream:") for r in reasons
     )

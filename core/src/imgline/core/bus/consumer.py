@@ -70,6 +70,21 @@ class _Delivery:
     started: float = 0.0
 
 
+def decode(
+    routing_key: str, props: BasicProperties, body: bytes
+) -> tuple[fm_message.Message | None, str]:
+    """The typed message, or why the delivery is not one. Never raises: the properties come from
+    whoever could publish, and fedora-messaging lets some shapes through as plain exceptions
+    (an unknown ``content_encoding`` is a LookupError, a list as the schema header a TypeError).
+    """
+    try:
+        return fm_message.get_message(routing_key, props, body), ""
+    except fm_exceptions.ValidationError as exc:
+        return None, _validation_text(exc)
+    except Exception as exc:
+        return None, f"undecodable delivery: {type(exc).__name__}: {exc}"[:2000]
+
+
 def log_ids(msg: fm_message.Message | None, routing_key: str, props: BasicProperties) -> str:
     """The correlation fields every log line of a delivery carries."""
     ident = f"msg_id={props.message_id} topic={routing_key}"
@@ -246,10 +261,27 @@ class Consumer:
     # --- one delivery -----------------------------------------------------------------------
 
     def _on_delivery(self, method: Basic.Deliver, props: BasicProperties, body: bytes) -> None:
-        headers = props.headers or {}
-        attempt = policy.attempt_number(headers.get("x-delivery-count"))
-        rk = method.routing_key or ""
+        """Takes one delivery; never raises, since an exception here would end the I/O loop and
+        the process, and the broker would hand the same message to the next instance."""
         tag = method.delivery_tag or 0
+        try:
+            self._accept(tag, method.routing_key or "", props, body)
+        except Exception as exc:  # a property no decoder foresaw: dead-letter, keep serving
+            log.exception("delivery %d could not be taken", tag)
+            rk = method.routing_key or ""
+            delivery = self._inflight.get(tag) or _Delivery(
+                tag, rk, props, body, 1, rk, f"tag={tag} topic={rk}"
+            )
+            if delivery.started:
+                return  # the handler runs; its own outcome will settle the delivery
+            delivery.attempt = max(delivery.attempt, 1)
+            reason = f"the delivery could not be read: {type(exc).__name__}: {exc}"[:2000]
+            delivery.future = _resolved((policy.Outcome.INVALID, reason))
+            self._inflight[tag] = delivery
+
+    def _accept(self, tag: int, rk: str, props: BasicProperties, body: bytes) -> None:
+        headers = props.headers if isinstance(props.headers, dict) else {}
+        attempt = policy.attempt_number(headers.get("x-delivery-count"))
         delivery = _Delivery(tag, rk, props, body, attempt, rk, log_ids(None, rk, props))
         self._inflight[tag] = delivery
         if self._stop.is_set():
@@ -257,10 +289,8 @@ class Consumer:
             delivery.future = _resolved((policy.Outcome.TRANSIENT, "consumer stopping"))
             delivery.attempt = 0
             return
-        try:
-            msg = fm_message.get_message(rk, props, body)
-        except fm_exceptions.ValidationError as exc:
-            reason = _validation_text(exc)
+        msg, reason = decode(rk, props, body)
+        if msg is None:
             log.error("%s rejected: %s", delivery.ids, reason)
             delivery.future = _resolved((policy.Outcome.INVALID, reason))
             return
@@ -269,7 +299,7 @@ class Consumer:
         if route is None:
             reason = (
                 f"no handler in service {self.settings.service} for {type(msg).__name__} "
-                f"on {rk} (schema {headers.get('fedora_messaging_schema')!r})"
+                f"on {rk} (schema {str(headers.get('fedora_messaging_schema'))[:200]!r})"
             )
             log.error("%s rejected: %s", delivery.ids, reason)
             delivery.future = _resolved((policy.Outcome.INVALID, reason))
@@ -284,12 +314,13 @@ class Consumer:
     def _handle(
         self, route: _Route, msg: fm_message.Message, d: _Delivery
     ) -> tuple[policy.Outcome, str]:
-        key = route.key(msg) if route.key is not None else None
-        if key is not None and self.done is not None and key in self.done:
-            log.info("%s already done (key %s): acknowledging without work", d.ids, key)
-            return policy.Outcome.DUPLICATE, ""
-        log.info("%s handling (attempt %d): %s", d.ids, d.attempt, msg.summary)
+        key = None
         try:
+            key = route.key(msg) if route.key is not None else None
+            if key is not None and self.done is not None and key in self.done:
+                log.info("%s already done (key %s): acknowledging without work", d.ids, key)
+                return policy.Outcome.DUPLICATE, ""
+            log.info("%s handling (attempt %d): %s", d.ids, d.attempt, msg.summary)
             with self.metrics.handler_seconds.labels(self.settings.service, d.topic).time():
                 route.handler(msg)
         except PermanentError as exc:
@@ -330,7 +361,10 @@ class Consumer:
             del self._inflight[tag]
             if d.started:
                 self.metrics.in_flight.labels(self.settings.service).dec()
-            outcome, error = d.future.result()
+            try:
+                outcome, error = d.future.result()
+            except BaseException as exc:  # _handle catches everything; this is the last guard
+                outcome, error = policy.Outcome.CRASHED, f"{type(exc).__name__}: {exc}"
             if d.attempt == 0:  # delivered while stopping
                 channel.basic_nack(tag, requeue=True)
                 continue

@@ -1,0 +1,144 @@
+"""Whatever a publisher puts in a delivery's properties or body, the consumer's delivery
+callback returns and settles the delivery: a message it cannot read is dead-lettered with the
+reason, never an exception that would end the service (docs/architecture.md, "Services")."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import Future
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pika.spec import Basic, BasicProperties
+
+from imgline.core.bus import Consumer, policy
+from imgline.core.bus.consumer import decode
+from imgline.core.config import BusSettings
+from imgline.schemas import payloads as p
+from imgline.schemas.messages import BuildRequestedV1
+
+pytestmark = pytest.mark.unit
+
+TOPIC = "imgline.build.requested"
+
+# what pika can hand over in a header table: strings, numbers, booleans, None, bytes, nested
+# lists and tables
+header_value = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=6,
+)
+headers = st.dictionaries(
+    st.sampled_from(
+        ["fedora_messaging_schema", "fedora_messaging_severity", "x-delivery-count", "sent-at"]
+    )
+    | st.text(max_size=12),
+    header_value,
+    max_size=5,
+)
+encodings = st.none() | st.sampled_from(["utf-8", "x-bogus", "rot13", "utf-32", "", "zlib"])
+json_value = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=6,
+)
+bodies = st.binary(max_size=64) | st.builds(
+    lambda d: json.dumps(d).encode(), st.dictionaries(st.text(max_size=6), json_value)
+)
+
+
+def _valid() -> BuildRequestedV1:
+    request = p.BuildRequested(
+        request_id="r1", source=p.InlineSource(kickstart="lang en_US.UTF-8\n"), name="node"
+    )
+    return BuildRequestedV1.from_payload(request)
+
+
+@given(
+    rk=st.text(max_size=40),
+    hdrs=st.none() | headers,
+    encoding=encodings,
+    content_type=st.none() | st.text(max_size=20),
+    body=bodies,
+)
+@settings(max_examples=150, deadline=None)
+def test_decode_never_raises(
+    rk: str,
+    hdrs: dict[str, object] | None,
+    encoding: str | None,
+    content_type: str | None,
+    body: bytes,
+) -> None:
+    props = BasicProperties(headers=hdrs, content_encoding=encoding, content_type=content_type)
+    msg, reason = decode(rk, props, body)
+    assert (msg is None) == bool(reason)
+
+
+def _consumer(handled: list[BuildRequestedV1]) -> Consumer:
+    """Never connected: deliveries go straight to its callback, as pika would hand them."""
+    consumer = Consumer(BusSettings(service="svc"), "amqp://127.0.0.1:1/%2F")
+    consumer.on(BuildRequestedV1, handled.append)
+    return consumer
+
+
+def _settle(consumer: Consumer, tag: int) -> tuple[policy.Outcome, str]:
+    future = consumer._inflight[tag].future
+    assert isinstance(future, Future), "the delivery was left without an outcome"
+    return future.result(timeout=10)
+
+
+@given(
+    hdrs=st.none() | headers,
+    keep_schema=st.booleans(),
+    encoding=encodings,
+    body=st.none() | bodies,
+)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_any_delivery_is_settled_and_the_callback_returns(
+    hdrs: dict[str, object] | None, keep_schema: bool, encoding: str | None, body: bytes | None
+) -> None:
+    """Random properties and bodies, some over a real message's headers and body."""
+    handled: list[BuildRequestedV1] = []
+    consumer = _consumer(handled)
+    good = _valid()
+    if keep_schema:
+        hdrs = {**(hdrs or {}), **(good._properties.headers or {})}
+    if body is None:
+        body = good._encoded_body
+    props = BasicProperties(headers=hdrs, content_encoding=encoding, message_id=None)
+    consumer._on_delivery(Basic.Deliver(delivery_tag=7, routing_key=TOPIC), props, body)
+    outcome, reason = _settle(consumer, 7)
+    if outcome is policy.Outcome.INVALID:
+        decision = policy.decide(outcome, reason, 1, 5)
+        assert decision.verdict is policy.Verdict.DEAD_LETTER and reason
+    else:
+        assert outcome is policy.Outcome.DONE and len(handled) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"content_encoding": "x-bogus"}, "undecodable delivery: LookupError: unknown encoding"),
+        ({"headers": {"fedora_messaging_schema": ["a", "b"]}}, "undecodable delivery: TypeError"),
+        ({"headers": {"x-delivery-count": "9" * 400}}, ""),
+    ],
+    ids=["unknown encoding", "list as schema header", "odd delivery count"],
+)
+def test_hostile_properties_of_real_deliveries(change: dict[str, object], expected: str) -> None:
+    handled: list[BuildRequestedV1] = []
+    consumer = _consumer(handled)
+    good = _valid()
+    props = good._properties
+    for name, value in change.items():
+        merged = {**(props.headers or {}), **value} if isinstance(value, dict) else value
+        setattr(props, name, merged)
+    consumer._on_delivery(
+        Basic.Deliver(delivery_tag=1, routing_key=good.topic), props, good._encoded_body
+    )
+    outcome, reason = _settle(consumer, 1)
+    if expected:
+        assert outcome is policy.Outcome.INVALID and reason.startswith(expected), reason
+        assert not handled
+    else:
+        assert outcome is policy.Outcome.DONE and len(handled) == 1
