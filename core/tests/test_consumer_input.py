@@ -142,3 +142,42 @@ def test_hostile_properties_of_real_deliveries(change: dict[str, object], expect
         assert not handled
     else:
         assert outcome is policy.Outcome.DONE and len(handled) == 1
+
+
+class _Channel:
+    """Records how deliveries were settled."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, bool]] = []
+
+    def basic_ack(self, tag: int) -> None:
+        self.calls.append(("ack", tag, False))
+
+    def basic_reject(self, tag: int, requeue: bool = True) -> None:
+        self.calls.append(("reject", tag, requeue))
+
+    def basic_nack(self, tag: int, requeue: bool = True) -> None:
+        self.calls.append(("nack", tag, requeue))
+
+
+def test_a_failed_try_is_rejected_so_every_broker_version_counts_it() -> None:
+    """RabbitMQ 4.3 counts only basic.reject toward a quorum queue's delivery limit; a message
+    handed back unprocessed (the consumer is stopping) is nacked and does not use up a try."""
+
+    def fail(_msg: BuildRequestedV1) -> None:
+        raise RuntimeError("flaky mirror")
+
+    consumer = Consumer(BusSettings(service="svc", retry_delay_seconds=0), "amqp://127.0.0.1:1/")
+    consumer.on(BuildRequestedV1, fail)
+    good = _valid()
+    consumer._on_delivery(
+        Basic.Deliver(delivery_tag=1, routing_key=good.topic), good._properties, good._encoded_body
+    )
+    _settle(consumer, 1)
+    consumer.stop()
+    consumer._on_delivery(
+        Basic.Deliver(delivery_tag=2, routing_key=good.topic), good._properties, good._encoded_body
+    )
+    channel = _Channel()
+    consumer._finish_done(channel, channel)  # type: ignore[arg-type]
+    assert sorted(channel.calls) == [("nack", 2, True), ("reject", 1, True)]

@@ -391,8 +391,11 @@ class Consumer:
                 log.info("%s done in %.2fs", d.ids, time.monotonic() - d.started)
             return
         if decision.verdict is policy.Verdict.REQUEUE:
+            # basic.reject, not basic.nack: from RabbitMQ 4.3 on only a reject says "processing
+            # failed" and counts toward x-delivery-count; a nacked message would retry forever.
+            # basic.nack stays for messages handed back unprocessed (stopping, no DLX room).
             log.warning("%s requeued: %s", d.ids, decision.reason)
-            channel.basic_nack(d.tag, requeue=True)
+            channel.basic_reject(d.tag, requeue=True)
             return
         headers = dict(d.properties.headers or {})
         headers.update(
