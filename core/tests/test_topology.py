@@ -20,7 +20,7 @@ DEFINITIONS = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "def
 
 def test_service_queue_is_quorum_with_dead_letter_and_broker_backstop() -> None:
     topo = service_topology(BusSettings(service="tester", delivery_limit=4), ("image.built",))
-    dlq, queue = topo.queues
+    dlq, events, queue = topo.queues
     assert queue.name == "imgline.tester"
     assert queue.arguments == {
         "x-queue-type": "quorum",
@@ -30,7 +30,15 @@ def test_service_queue_is_quorum_with_dead_letter_and_broker_backstop() -> None:
     assert dlq.name == "imgline.dead-letter"
     assert {(b.exchange, b.queue, b.routing_key) for b in topo.bindings} == {
         ("imgline.dlx", "imgline.dead-letter", "#"),
+        ("imgline", "imgline.events", "imgline.#"),
         ("imgline", "imgline.tester", "imgline.image.built"),
+    }
+    # the audit queue: every event, the newest kept when it is full
+    assert events.name == "imgline.events"
+    assert events.arguments == {
+        "x-queue-type": "quorum",
+        "x-max-length": 100_000,
+        "x-overflow": "drop-head",
     }
 
 

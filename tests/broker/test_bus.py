@@ -21,7 +21,7 @@ from bushelpers import queue_depth, request, running, take_all, wait_for
 from imgline.core.bus import BusMetrics, Consumer, DoneStore, Publisher, by_build_id, topology
 from imgline.core.bus.consumer import ATTEMPTS_HEADER, QUEUE_HEADER, REASON_HEADER
 from imgline.core.config import BusSettings
-from imgline.core.errors import PermanentError, TransientError
+from imgline.core.errors import PermanentError, TransientError, UnroutableError
 from imgline.schemas.messages import BuildRequestedV1
 
 pytestmark = pytest.mark.broker
@@ -129,6 +129,42 @@ def test_invalid_message_is_dead_lettered_naming_the_field(
     assert any(
         r.startswith("invalid message: body is not a JSON document: Expecting") for r in reasons
     ), reasons
+
+
+def test_every_event_reaches_the_audit_queue_and_an_unroutable_one_is_an_error(
+    amqp_url: str, settings: Settings
+) -> None:
+    """Events are published ``mandatory``: one that no queue is bound for is returned and
+    raises, instead of being confirmed and dropped; a handler that emits one is retried."""
+    s = settings(delivery_limit=2, retry_delay_seconds=0)
+    calls: Counter[str] = Counter()
+    nowhere = f"{s.exchange}.nowhere"
+
+    def handle(msg: BuildRequestedV1) -> None:
+        calls[msg.payload.request_id] += 1
+        if msg.payload.request_id == "emits-to-nowhere":
+            # an exchange with no queue bound: the event has nowhere to go
+            consumer.publisher.publish(BuildRequestedV1.from_payload(request("lost")), nowhere)
+
+    consumer = Consumer(s, amqp_url)
+    consumer.on(BuildRequestedV1, handle)
+    with running(consumer):
+        with Publisher(s, amqp_url) as pub:
+            pub.publish(BuildRequestedV1.from_payload(request("seen"), prefix=s.topic_prefix))
+            conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+            conn.channel().exchange_declare(nowhere, exchange_type="topic", durable=True)
+            conn.close()
+            with pytest.raises(UnroutableError, match=r"no queue is bound for imgline\.build"):
+                pub.publish(BuildRequestedV1.from_payload(request("x")), nowhere)
+            pub.publish(
+                BuildRequestedV1.from_payload(request("emits-to-nowhere"), prefix=s.topic_prefix)
+            )
+        wait_for(lambda: queue_depth(amqp_url, s.dead_letter_queue) == 1, what="dead letter")
+    assert calls == Counter({"seen": 1, "emits-to-nowhere": 2})  # retried: transient
+    [(headers, _body)] = take_all(amqp_url, s.dead_letter_queue)
+    assert "no queue is bound for imgline.build.requested" in headers[REASON_HEADER]
+    audit = [json.loads(body)["request_id"] for _h, body in take_all(amqp_url, s.events_queue_name)]
+    assert audit == ["seen", "emits-to-nowhere"]
 
 
 def test_permanent_error_dead_letters_at_once_and_transient_retries(

@@ -41,6 +41,7 @@ from hostlab import (
 from tufrepo import Site, make_site
 from vmguest import Watcher, blank_disk, start_disk
 
+from imgline.core.bus import topology
 from imgline.core.bus.publisher import Publisher
 from imgline.core.config import BusSettings
 from imgline.publisher import http
@@ -146,11 +147,13 @@ class Lab:
 
 @contextmanager
 def serving(site: Site, amqp_url: str, exchange: str) -> Iterator[Lab]:
-    """``site`` served on loopback, with a queue that collects the host reports."""
+    """``site`` served on loopback, with a queue that collects the host reports, and the
+    pipeline's audit queue, as a deployed broker has it (events are published ``mandatory``)."""
     reports = f"{exchange}.reports.{uuid.uuid4().hex[:6]}"
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     channel = conn.channel()
-    channel.exchange_declare(exchange, "topic", durable=True)
+    bus = BusSettings(service="vm-test", exchange=exchange)
+    topology.declare(channel, topology.service_topology(bus, ()))
     channel.queue_declare(reports, auto_delete=False)
     channel.queue_bind(reports, exchange, "imgline.host.#")
     conn.close()

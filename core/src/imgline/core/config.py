@@ -41,6 +41,14 @@ class BusSettings(BaseModel):
     )
     dead_letter_exchange: str = Field(default="imgline.dlx", pattern=_NAME)
     dead_letter_queue: str = Field(default="imgline.dead-letter", pattern=_NAME)
+    events_queue: str | None = Field(
+        default=None,
+        pattern=_NAME,
+        description="audit queue that every event reaches; default <exchange>.events",
+    )
+    events_max_length: int = Field(
+        default=100_000, ge=1, description="the audit queue keeps this many newest events"
+    )
     delivery_limit: int = Field(default=5, ge=1, le=1000, description="attempts before dead-letter")
     retry_delay_seconds: float = Field(default=1.0, ge=0, le=3600)
     prefetch: int = Field(default=1, ge=1, le=1000)
@@ -62,6 +70,11 @@ class BusSettings(BaseModel):
     def queue_name(self) -> str:
         """This service's durable queue, shared by all its instances."""
         return self.queue or f"{self.exchange}.{self.service}"
+
+    @property
+    def events_queue_name(self) -> str:
+        """The audit queue: a copy of every event, for status views and dashboards."""
+        return self.events_queue or f"{self.exchange}.events"
 
     def routing_key(self, topic: str) -> str:
         """``<prefix>.<topic>`` as messages are published."""

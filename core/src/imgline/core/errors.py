@@ -27,3 +27,8 @@ class ConfigError(ImglineError):
 
 class BrokerError(ImglineError):
     """RabbitMQ could not be started, reached or used: the text names the command or URL."""
+
+
+class UnroutableError(BrokerError, TransientError):
+    """The broker returned an event no queue is bound for: nothing was delivered. Transient,
+    since the topology may be declared meanwhile (a service starting, definitions imported)."""

@@ -19,7 +19,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 
 from imgline.core.bus.metrics import BusMetrics
 from imgline.core.config import BusSettings
-from imgline.core.errors import BrokerError, PermanentError
+from imgline.core.errors import BrokerError, PermanentError, UnroutableError
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +85,23 @@ class Publisher:
     def publish_raw(
         self, exchange: str, routing_key: str, body: bytes, properties: pika.BasicProperties
     ) -> None:
-        """Publish bytes as they are (dead-lettering keeps the original body byte for byte)."""
+        """Publish bytes as they are (dead-lettering keeps the original body byte for byte).
+
+        ``mandatory``: an event that no queue is bound for comes back and raises
+        ``UnroutableError`` at once, instead of being confirmed and dropped."""
         last: Exception | None = None
         with self._lock:
             for attempt in range(1, self.attempts + 1):
                 try:
                     channel = self._ensure()
-                    channel.basic_publish(exchange, routing_key, body, properties, mandatory=False)
+                    channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
                     return
+                except pika.exceptions.UnroutableError as exc:
+                    raise UnroutableError(
+                        f"no queue is bound for {routing_key} on exchange {exchange} at "
+                        f"{_safe(self.url)}, so the event was not delivered: start the services "
+                        "or import deploy/rabbitmq/definitions.json"
+                    ) from exc
                 except pika.exceptions.NackError as exc:
                     last = exc
                 except CONNECTION_ERRORS as exc:

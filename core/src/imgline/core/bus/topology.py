@@ -49,9 +49,25 @@ class Topology:
     bindings: tuple[Binding, ...]
 
 
+def events_queue(settings: BusSettings) -> Queue:
+    """Every event also lands here, so none is lost for want of a consumer, and status views
+    and dashboards read the pipeline's history; the oldest events go first when it is full."""
+    return Queue(
+        settings.events_queue_name,
+        {
+            "x-queue-type": "quorum",
+            "x-max-length": settings.events_max_length,
+            "x-overflow": "drop-head",
+        },
+    )
+
+
 def service_topology(settings: BusSettings, topics: tuple[str, ...]) -> Topology:
-    """The exchange, the dead-letter pair and this service's quorum queue bound to ``topics``."""
+    """The exchange, the dead-letter pair, the audit queue, and this service's quorum queue
+    bound to ``topics``. Every service declares the audit queue, so events are routable (and
+    published with ``mandatory``) as soon as any service has started."""
     dlq = Queue(settings.dead_letter_queue, {"x-queue-type": "quorum"})
+    events = events_queue(settings)
     queue = Queue(
         settings.queue_name,
         {
@@ -60,11 +76,14 @@ def service_topology(settings: BusSettings, topics: tuple[str, ...]) -> Topology
             "x-delivery-limit": settings.delivery_limit + BROKER_LIMIT_MARGIN,
         },
     )
-    bindings = [Binding(settings.dead_letter_exchange, dlq.name, "#")]
+    bindings = [
+        Binding(settings.dead_letter_exchange, dlq.name, "#"),
+        Binding(settings.exchange, events.name, settings.routing_key("#")),
+    ]
     bindings += [Binding(settings.exchange, queue.name, settings.routing_key(t)) for t in topics]
     return Topology(
         exchanges=(settings.exchange, settings.dead_letter_exchange),
-        queues=(dlq, queue),
+        queues=(dlq, events, queue),
         bindings=tuple(bindings),
     )
 
