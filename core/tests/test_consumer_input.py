@@ -5,6 +5,7 @@ reason, never an exception that would end the service (docs/architecture.md, "Se
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import Future
 
 import pytest
@@ -22,12 +23,20 @@ pytestmark = pytest.mark.unit
 
 TOPIC = "imgline.build.requested"
 
+
+def _nested(leaves: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    """``leaves`` and small lists and tables of them, nested."""
+    return st.recursive(
+        leaves,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+        max_leaves=6,
+    )
+
+
 # what pika can hand over in a header table: strings, numbers, booleans, None, bytes, nested
 # lists and tables
-header_value = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary(),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
-    max_leaves=6,
+header_value = _nested(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary()
 )
 headers = st.dictionaries(
     st.sampled_from(
@@ -38,10 +47,8 @@ headers = st.dictionaries(
     max_size=5,
 )
 encodings = st.none() | st.sampled_from(["utf-8", "x-bogus", "rot13", "utf-32", "", "zlib"])
-json_value = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
-    max_leaves=6,
+json_value = _nested(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 )
 bodies = st.binary(max_size=64) | st.builds(
     lambda d: json.dumps(d).encode(), st.dictionaries(st.text(max_size=6), json_value)
@@ -75,10 +82,10 @@ def test_decode_never_raises(
     assert (msg is None) == bool(reason)
 
 
-def _consumer(handled: list[BuildRequestedV1]) -> Consumer:
+def _consumer(handler: Callable[[BuildRequestedV1], None], **settings: float) -> Consumer:
     """Never connected: deliveries go straight to its callback, as pika would hand them."""
-    consumer = Consumer(BusSettings(service="svc"), "amqp://127.0.0.1:1/%2F")
-    consumer.on(BuildRequestedV1, handled.append)
+    consumer = Consumer(BusSettings(service="svc", **settings), "amqp://127.0.0.1:1/%2F")
+    consumer.on(BuildRequestedV1, handler)
     return consumer
 
 
@@ -100,7 +107,7 @@ def test_any_delivery_is_settled_and_the_callback_returns(
 ) -> None:
     """Random properties and bodies, some over a real message's headers and body."""
     handled: list[BuildRequestedV1] = []
-    consumer = _consumer(handled)
+    consumer = _consumer(handled.append)
     good = _valid()
     if keep_schema:
         hdrs = {**(hdrs or {}), **(good._properties.headers or {})}
@@ -127,7 +134,7 @@ def test_any_delivery_is_settled_and_the_callback_returns(
 )
 def test_hostile_properties_of_real_deliveries(change: dict[str, object], expected: str) -> None:
     handled: list[BuildRequestedV1] = []
-    consumer = _consumer(handled)
+    consumer = _consumer(handled.append)
     good = _valid()
     props = good._properties
     for name, value in change.items():
@@ -167,8 +174,7 @@ def test_a_failed_try_is_rejected_so_every_broker_version_counts_it() -> None:
     def fail(_msg: BuildRequestedV1) -> None:
         raise RuntimeError("flaky mirror")
 
-    consumer = Consumer(BusSettings(service="svc", retry_delay_seconds=0), "amqp://127.0.0.1:1/")
-    consumer.on(BuildRequestedV1, fail)
+    consumer = _consumer(fail, retry_delay_seconds=0)
     good = _valid()
     consumer._on_delivery(
         Basic.Deliver(delivery_tag=1, routing_key=good.topic), good._properties, good._encoded_body
