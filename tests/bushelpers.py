@@ -135,7 +135,7 @@ def service_process(
     settings = load_settings(BusSettings, config, {})
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     ch = conn.channel()
-    ch.exchange_declare(exchange, "topic", durable=True)
+    topology.declare(ch, topology.shared_topology(settings))
     watch = ch.queue_declare("", exclusive=True).method.queue
     for topic in emits:
         ch.queue_bind(watch, exchange, settings.routing_key(topic))

@@ -7,10 +7,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pika
 import pytest
 
 from imgline.core import logs
 from imgline.core.broker import PrivateBroker
+from imgline.core.bus import topology
 from imgline.core.config import BusSettings
 
 logs.configure("INFO")
@@ -28,8 +30,10 @@ def amqp_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def settings() -> Callable[..., BusSettings]:
-    """Settings with names unique to the test, so tests never see each other's messages."""
+def settings(amqp_url: str) -> Callable[..., BusSettings]:
+    """Settings with names unique to the test, so tests never see each other's messages. The
+    shared part of their topology is declared here, by the administrator, as on a deployed
+    broker (services only check that it exists)."""
     tag = uuid.uuid4().hex[:8]
 
     def make(**overrides: Any) -> BusSettings:
@@ -43,6 +47,12 @@ def settings() -> Callable[..., BusSettings]:
             "reconnect_max_seconds": 2,
         }
         values.update(overrides)
-        return BusSettings(**values)
+        made = BusSettings(**values)
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        try:
+            topology.declare(conn.channel(), topology.shared_topology(made))
+        finally:
+            conn.close()
+        return made
 
     return make

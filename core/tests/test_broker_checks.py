@@ -34,4 +34,9 @@ def test_free_ports_differ() -> None:
     assert broker.free_port() != 0
     b = broker.PrivateBroker(base_dir=Path("/nonexistent-not-started"))
     assert b.port != b.dist_port
-    assert b.url == f"amqp://guest:guest@127.0.0.1:{b.port}/%2F"
+    # the administrator's URL, in the pipeline's vhost, with a password made for this node
+    user, password = b.url.removeprefix("amqp://").split("@")[0].split(":")
+    assert (user, len(password) >= 24) == ("imgline-admin", True)
+    assert b.url.endswith(f"@127.0.0.1:{b.port}/imgline")
+    assert b.url_for("builder") != b.url_for("tester")
+    assert "guest" not in b.url

@@ -9,7 +9,9 @@ import pytest
 from imgline.core.bus.topology import (
     BROKER_LIMIT_MARGIN,
     default_definitions_json,
+    pipeline_definitions,
     service_topology,
+    shared_topology,
 )
 from imgline.core.config import BusSettings
 
@@ -18,20 +20,30 @@ pytestmark = pytest.mark.unit
 DEFINITIONS = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "definitions.json"
 
 
-def test_service_queue_is_quorum_with_dead_letter_and_broker_backstop() -> None:
+def test_service_declares_only_its_queue_and_expects_the_shared_exchanges() -> None:
     topo = service_topology(BusSettings(service="tester", delivery_limit=4), ("image.built",))
-    dlq, events, queue = topo.queues
+    [queue] = topo.queues
     assert queue.name == "imgline.tester"
     assert queue.arguments == {
         "x-queue-type": "quorum",
         "x-dead-letter-exchange": "imgline.dlx",
         "x-delivery-limit": 4 + BROKER_LIMIT_MARGIN,
     }
+    assert topo.exchanges == ()  # a service may not configure them: it only checks they exist
+    assert topo.expects == ("imgline", "imgline.dlx")
+    assert [(b.exchange, b.queue, b.routing_key) for b in topo.bindings] == [
+        ("imgline", "imgline.tester", "imgline.image.built")
+    ]
+
+
+def test_shared_topology_is_the_exchanges_dead_letters_and_audit_queue() -> None:
+    topo = shared_topology(BusSettings(service="any"))
+    assert topo.exchanges == ("imgline", "imgline.dlx")
+    dlq, events = topo.queues
     assert dlq.name == "imgline.dead-letter"
     assert {(b.exchange, b.queue, b.routing_key) for b in topo.bindings} == {
         ("imgline.dlx", "imgline.dead-letter", "#"),
         ("imgline", "imgline.events", "imgline.#"),
-        ("imgline", "imgline.tester", "imgline.image.built"),
     }
     # the audit queue: every event, the newest kept when it is full
     assert events.name == "imgline.events"
@@ -42,8 +54,30 @@ def test_service_queue_is_quorum_with_dead_letter_and_broker_backstop() -> None:
     }
 
 
+def test_definitions_carry_vhost_users_and_every_queue_but_no_password() -> None:
+    defs = pipeline_definitions()
+    assert [v["name"] for v in defs["vhosts"]] == ["imgline"]
+    assert {u["name"] for u in defs["users"]} == {
+        "trigger",
+        "builder",
+        "tester",
+        "publisher",
+        "updater",
+    }
+    assert all(u["password_hash"] == "" and u["tags"] == [] for u in defs["users"])
+    assert {q["name"] for q in defs["queues"]} == {
+        "imgline.builder",
+        "imgline.tester",
+        "imgline.publisher",
+        "imgline.dead-letter",
+        "imgline.events",
+    }
+    assert {e["vhost"] for e in defs["exchanges"] + defs["queues"] + defs["bindings"]} == {
+        "imgline"
+    }
+
+
 def test_deploy_definitions_are_current() -> None:
     assert DEFINITIONS.read_text() == default_definitions_json(), (
-        "deploy/rabbitmq/definitions.json is stale: "
-        "run 'uv run imgline definitions -o deploy/rabbitmq/definitions.json'"
+        "deploy/rabbitmq/definitions.json is stale: run 'make definitions'"
     )

@@ -267,6 +267,7 @@ def _declared(url: str, s: BusSettings) -> bool:
     """Declare the service's topology from here, so publishing cannot race the app's start."""
     conn = pika.BlockingConnection(pika.URLParameters(url))
     try:
+        topology.declare(conn.channel(), topology.shared_topology(s))
         topology.declare(conn.channel(), topology.service_topology(s, ("build.requested",)))
     finally:
         conn.close()
@@ -380,6 +381,9 @@ def test_broker_restart_reconnects_and_loses_nothing_acknowledged(settings: Sett
         seen[msg.payload.request_id] += 1
 
     with PrivateBroker() as broker:
+        conn = pika.BlockingConnection(pika.URLParameters(broker.url))
+        topology.declare(conn.channel(), topology.shared_topology(s))  # as the fixture does
+        conn.close()
         consumer = Consumer(s, broker.url)
         consumer.on(BuildRequestedV1, handle)
         with running(consumer):

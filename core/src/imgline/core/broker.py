@@ -1,15 +1,21 @@
 """A private RabbitMQ node for the demo and the tests, started as a child process.
 
 Everything the node writes lives under one directory, it listens on loopback only, on ports
-picked free at start, so several can run beside a system broker. ``IMGLINE_AMQP_URL`` makes
-callers use an existing broker instead (see ``broker_url``).
+picked free at start, so several can run beside a system broker. It is set up like a deployed
+broker: the pipeline's definitions are loaded at boot (the ``imgline`` vhost, one user per
+service with its permissions, the shared topology), every user has a random password, and
+there is no ``guest``. With ``tls`` it also listens for ``amqps://`` with certificates from a
+throwaway CA and requires a client certificate. ``IMGLINE_AMQP_URL`` makes callers use an
+existing broker instead (see ``broker_access``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -17,15 +23,19 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import pika
 import pika.exceptions
 
+from imgline.core.bus import access
+from imgline.core.bus.topology import pipeline_definitions
 from imgline.core.errors import BrokerError
+from imgline.core.localca import Issued, LocalCA
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +81,8 @@ class PrivateBroker:
         base_dir: Path | None = None,
         start_timeout: float = 90.0,
         consumer_timeout_ms: int = 6 * 3600 * 1000,
+        *,
+        tls: bool = False,
     ) -> None:
         self._own_dir = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="imgline-rabbitmq-"))
@@ -81,11 +93,31 @@ class PrivateBroker:
         self.nodename = f"imgline-{uuid.uuid4().hex[:8]}@localhost"
         self.start_timeout = start_timeout
         self.consumer_timeout_ms = consumer_timeout_ms
+        self.tls = tls
+        self.tls_port = free_port() if tls else None
+        #: One random password per user, kept for the node's lifetime (restarts reuse them).
+        self.passwords = {
+            user: secrets.token_urlsafe(18) for user in (access.ADMIN, *access.ROLE_BY_USER)
+        }
+        self.ca: LocalCA | None = None
+        self.client_certs: dict[str, Issued] = {}
+        self._server_cert: Issued | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+        """The administrator's URL: every permission, for setup and inspection."""
+        return self.url_for(access.ADMIN)
+
+    def url_for(self, user: str) -> str:
+        """``user``'s plain AMQP URL in the pipeline's vhost."""
+        return f"amqp://{user}:{self.passwords[user]}@127.0.0.1:{self.port}/{access.VHOST}"
+
+    def tls_url_for(self, user: str) -> str:
+        """``user``'s ``amqps://`` URL; the broker's certificate names ``localhost``."""
+        if self.tls_port is None:
+            raise BrokerError("this private broker was started without tls=True")
+        return f"amqps://{user}:{self.passwords[user]}@localhost:{self.tls_port}/{access.VHOST}"
 
     def _env(self) -> dict[str, str]:
         d = self.base_dir
@@ -116,11 +148,15 @@ class PrivateBroker:
         (d / "enabled_plugins").write_text("[].\n")
         (d / "rabbitmq-env.conf").write_text("")
         (d / "advanced.config").write_text("[].\n")
+        definitions = d / "definitions.json"
+        definitions.write_text(
+            json.dumps(pipeline_definitions(passwords=self.passwords, admin=True), indent=1)
+        )
         (d / "rabbitmq.conf").write_text(
-            "loopback_users.guest = true\n"
+            f"load_definitions = {definitions}\n"
             f"consumer_timeout = {self.consumer_timeout_ms}\n"
             "log.console = false\n"
-            "log.file.level = info\n"
+            "log.file.level = info\n" + self._tls_conf()
         )
         if os.geteuid() == 0:
             # As root, Debian's wrapper re-executes as user 'rabbitmq', which must own the dir.
@@ -133,6 +169,24 @@ class PrivateBroker:
             for root, dirs, files in os.walk(d):
                 for name in dirs + files:
                     os.chown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
+
+    def _tls_conf(self) -> str:
+        """A TLS listener that verifies clients: no certificate from our CA, no connection."""
+        if not self.tls:
+            return ""
+        if self.ca is None or self._server_cert is None:
+            self.ca = LocalCA(self.base_dir / "tls")
+            self._server_cert = self.ca.issue("broker", server=True)
+            self.client_certs = {user: self.ca.issue(user, server=False) for user in self.passwords}
+        server = self._server_cert
+        return (
+            f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+            f"ssl_options.cacertfile = {self.ca.cert_path}\n"
+            f"ssl_options.certfile = {server.cert}\n"
+            f"ssl_options.keyfile = {server.key}\n"
+            "ssl_options.verify = verify_peer\n"
+            "ssl_options.fail_if_no_peer_cert = true\n"
+        )
 
     def start(self) -> PrivateBroker:
         """Start the node and wait until it accepts AMQP logins."""
@@ -185,7 +239,7 @@ class PrivateBroker:
             if _port_open(self.port):
                 try:
                     pika.BlockingConnection(params).close()
-                    log.info("private RabbitMQ %s ready at %s", self.nodename, self.url)
+                    log.info("private RabbitMQ %s ready on port %d", self.nodename, self.port)
                     return
                 except pika.exceptions.AMQPError:
                     pass
@@ -252,13 +306,26 @@ class PrivateBroker:
         self.cleanup()
 
 
+@dataclass(frozen=True)
+class BrokerAccess:
+    """How the processes of one run reach the broker: the administrator's URL for setup and
+    inspection, and one URL per service user. On a broker given by ``IMGLINE_AMQP_URL`` that
+    one URL serves everyone (its owner set up the users; docs/security.md)."""
+
+    admin_url: str
+    urls: Mapping[str, str]
+
+    def url_for(self, user: str) -> str:
+        return self.urls.get(user, self.admin_url)
+
+
 @contextmanager
-def broker_url(env: dict[str, str] | None = None) -> Iterator[str]:
-    """``$IMGLINE_AMQP_URL`` if set, else the URL of a private node living for the block."""
-    env = dict(os.environ) if env is None else env
+def broker_access(env: Mapping[str, str] | None = None) -> Iterator[BrokerAccess]:
+    """``$IMGLINE_AMQP_URL`` if set, else a private node (with its users) living for the block."""
+    env = os.environ if env is None else env
     given = env.get("IMGLINE_AMQP_URL")
     if given:
-        yield given
+        yield BrokerAccess(given, {})
         return
     with PrivateBroker() as broker:
-        yield broker.url
+        yield BrokerAccess(broker.url, {u: broker.url_for(u) for u in access.ROLE_BY_USER})

@@ -16,6 +16,7 @@ from tuf.api.metadata import Signed
 
 from imgline.core import logs
 from imgline.core.broker import PrivateBroker
+from imgline.core.bus import access
 from imgline.core.bus.topology import default_definitions_json
 from imgline.core.errors import ImglineError
 from imgline.core.trust import admin, layout
@@ -30,7 +31,10 @@ def _broker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with PrivateBroker(base_dir=args.dir) as broker:
+        # the administrator's URL first; each service should use its own user's
         print(f"IMGLINE_AMQP_URL={broker.url}", flush=True)
+        for user in access.ROLE_BY_USER:
+            print(f"# {user}: {broker.url_for(user)}", flush=True)
         stop.wait()
     return 0
 

@@ -13,7 +13,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from imgline.core.errors import ConfigError
 
@@ -58,6 +65,11 @@ class BusSettings(BaseModel):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     state_dir: Path | None = Field(default=None, description="where idempotency records live")
     consumer_config: dict[str, Any] = Field(default_factory=dict)
+    tls_ca_cert: Path | None = Field(
+        default=None, description="CA that signed the broker's certificate; amqps:// needs it"
+    )
+    tls_cert: Path | None = Field(default=None, description="client certificate (PEM)")
+    tls_key: Path | None = Field(default=None, description="client certificate's key (PEM)")
 
     @field_validator("amqp_url")
     @classmethod
@@ -65,6 +77,24 @@ class BusSettings(BaseModel):
         if value is not None and not value.startswith(("amqp://", "amqps://")):
             raise ValueError("must start with amqp:// or amqps://")
         return value
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> BusSettings:
+        """TLS is all or nothing: a half-configured client would talk in the clear or fail later
+        with a less helpful message."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        url = self.amqp_url or ""
+        if url.startswith("amqps://") and self.tls_ca_cert is None:
+            raise ValueError(
+                "amqps:// needs tls_ca_cert, the CA that signed the broker's certificate "
+                "(the broker's identity is always verified)"
+            )
+        if url.startswith("amqp://") and (self.tls_ca_cert or self.tls_cert):
+            raise ValueError(
+                "tls_ca_cert/tls_cert are set but amqp_url is plain amqp://: use amqps://"
+            )
+        return self
 
     @property
     def queue_name(self) -> str:

@@ -32,3 +32,9 @@ class BrokerError(ImglineError):
 class UnroutableError(BrokerError, TransientError):
     """The broker returned an event no queue is bound for: nothing was delivered. Transient,
     since the topology may be declared meanwhile (a service starting, definitions imported)."""
+
+
+class AccessRefusedError(BrokerError, PermanentError):
+    """The broker refused this user the operation (a topic it does not own, a queue it may not
+    touch). Permanent: retrying with the same user cannot help; the permissions or the code
+    are wrong (docs/security.md)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -27,9 +28,10 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from pika.spec import Basic, BasicProperties
 
 from imgline.core.bus import policy, topology
+from imgline.core.bus.connection import connection_parameters
 from imgline.core.bus.idempotency import DoneStore
 from imgline.core.bus.metrics import BusMetrics
-from imgline.core.bus.publisher import Publisher, connection_parameters
+from imgline.core.bus.publisher import Publisher
 from imgline.core.config import BusSettings
 from imgline.core.errors import PermanentError, TransientError
 
@@ -48,6 +50,7 @@ CONNECTION_LOST = (
     pika.exceptions.AMQPChannelError,
     pika.exceptions.StreamLostError,
     ConnectionError,
+    ssl.SSLError,  # e.g. the broker's certificate no longer verifies: retried, and logged
 )
 
 
@@ -193,9 +196,7 @@ class Consumer:
             log.info("consumer %s stopped", self.settings.queue_name)
 
     def _session(self) -> None:
-        conn = pika.BlockingConnection(
-            connection_parameters(self.url, self.settings.heartbeat_seconds)
-        )
+        conn = pika.BlockingConnection(connection_parameters(self.url, self.settings))
         try:
             channel = conn.channel()
             topology.declare(channel, self.topology())

@@ -7,6 +7,7 @@ consumer harness gives its handlers one of their own.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from typing import Any
@@ -17,21 +18,26 @@ import pika.exceptions
 from fedora_messaging import message as fm_message
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
+from imgline.core.bus.connection import connection_parameters
 from imgline.core.bus.metrics import BusMetrics
 from imgline.core.config import BusSettings
-from imgline.core.errors import BrokerError, PermanentError, UnroutableError
+from imgline.core.errors import (
+    AccessRefusedError,
+    BrokerError,
+    PermanentError,
+    UnroutableError,
+)
 
 log = logging.getLogger(__name__)
 
-CONNECTION_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
+#: AMQP's reply code when a user lacks a permission.
+ACCESS_REFUSED = 403
 
-
-def connection_parameters(url: str, heartbeat: int) -> pika.URLParameters:
-    params = pika.URLParameters(url)
-    params.heartbeat = heartbeat
-    params.blocked_connection_timeout = 300
-    params.client_properties = {"connection_name": "imgline"}
-    return params
+CONNECTION_ERRORS = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.AMQPChannelError,
+    ssl.SSLError,
+)
 
 
 class Publisher:
@@ -56,12 +62,9 @@ class Publisher:
         if self._channel is not None and self._channel.is_open:
             return self._channel
         self._close()
-        self._conn = pika.BlockingConnection(
-            connection_parameters(self.url, self.settings.heartbeat_seconds)
-        )
+        self._conn = pika.BlockingConnection(connection_parameters(self.url, self.settings))
         channel = self._conn.channel()
         channel.confirm_delivery()
-        channel.exchange_declare(self.settings.exchange, exchange_type="topic", durable=True)
         self._channel = channel
         return channel
 
@@ -103,6 +106,15 @@ class Publisher:
                         "or import deploy/rabbitmq/definitions.json"
                     ) from exc
                 except pika.exceptions.NackError as exc:
+                    last = exc
+                except pika.exceptions.ChannelClosedByBroker as exc:
+                    self._close()
+                    if exc.reply_code == ACCESS_REFUSED:
+                        raise AccessRefusedError(
+                            f"the broker at {_safe(self.url)} refused to take {routing_key} on "
+                            f"exchange {exchange} from this user ({exc.reply_text}): each "
+                            "service may publish only its own topics (docs/security.md)"
+                        ) from exc
                     last = exc
                 except CONNECTION_ERRORS as exc:
                     last = exc

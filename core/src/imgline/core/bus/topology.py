@@ -1,27 +1,31 @@
 """Exchanges, queues and bindings as data; ``declare`` applies them to a channel.
 
-The same data renders ``deploy/rabbitmq/definitions.json``, so the deployed broker and the
-code cannot disagree (a test compares them).
+The topology has two owners. The shared part (the exchanges, the dead-letter queue, the audit
+queue) belongs to the broker's administrator: it comes from the definitions, and no service
+may change it. Each service declares only its own queue and the bindings of what it consumes,
+which its user's permissions allow (``imgline.core.bus.access``). The same data renders
+``deploy/rabbitmq/definitions.json``, so the deployed broker and the code cannot disagree (a
+test compares them).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import ChannelClosedByBroker
 
+from imgline.core.bus import access
 from imgline.core.config import BusSettings
 from imgline.core.errors import BrokerError
 
 #: Which topics each pipeline service consumes. Host updaters declare a queue per host at run
 #: time, bound to their own stream (``image.published.<stream>``; ``imgline.updater.agent``).
 SERVICE_TOPICS: dict[str, tuple[str, ...]] = {
-    "builder": ("build.requested",),
-    "tester": ("image.built",),
-    "publisher": ("image.tested",),
+    r.user: r.consumes for r in access.ROLES if r.consumes and not r.per_host
 }
 
 #: The broker dead-letters on its own after this many extra deliveries beyond ours: a backstop
@@ -44,9 +48,13 @@ class Binding:
 
 @dataclass(frozen=True)
 class Topology:
+    """``exchanges`` and ``queues`` to create, ``bindings`` to add, and ``expects``: exchanges
+    that must already exist (checked, never created, since the service may not configure them)."""
+
     exchanges: tuple[str, ...]
     queues: tuple[Queue, ...]
     bindings: tuple[Binding, ...]
+    expects: tuple[str, ...] = ()
 
 
 def events_queue(settings: BusSettings) -> Queue:
@@ -62,12 +70,23 @@ def events_queue(settings: BusSettings) -> Queue:
     )
 
 
-def service_topology(settings: BusSettings, topics: tuple[str, ...]) -> Topology:
-    """The exchange, the dead-letter pair, the audit queue, and this service's quorum queue
-    bound to ``topics``. Every service declares the audit queue, so events are routable (and
-    published with ``mandatory``) as soon as any service has started."""
+def shared_topology(settings: BusSettings) -> Topology:
+    """What the administrator declares once for all services: the exchange, the dead-letter
+    pair and the audit queue, bound to every event, so none is lost for want of a consumer."""
     dlq = Queue(settings.dead_letter_queue, {"x-queue-type": "quorum"})
     events = events_queue(settings)
+    return Topology(
+        exchanges=(settings.exchange, settings.dead_letter_exchange),
+        queues=(dlq, events),
+        bindings=(
+            Binding(settings.dead_letter_exchange, dlq.name, "#"),
+            Binding(settings.exchange, events.name, settings.routing_key("#")),
+        ),
+    )
+
+
+def service_topology(settings: BusSettings, topics: tuple[str, ...]) -> Topology:
+    """This service's quorum queue bound to ``topics``; it expects the shared exchanges."""
     queue = Queue(
         settings.queue_name,
         {
@@ -76,36 +95,56 @@ def service_topology(settings: BusSettings, topics: tuple[str, ...]) -> Topology
             "x-delivery-limit": settings.delivery_limit + BROKER_LIMIT_MARGIN,
         },
     )
-    bindings = [
-        Binding(settings.dead_letter_exchange, dlq.name, "#"),
-        Binding(settings.exchange, events.name, settings.routing_key("#")),
-    ]
-    bindings += [Binding(settings.exchange, queue.name, settings.routing_key(t)) for t in topics]
     return Topology(
-        exchanges=(settings.exchange, settings.dead_letter_exchange),
-        queues=(dlq, events, queue),
-        bindings=tuple(bindings),
+        exchanges=(),
+        queues=(queue,),
+        bindings=tuple(
+            Binding(settings.exchange, queue.name, settings.routing_key(t)) for t in topics
+        ),
+        expects=(settings.exchange, settings.dead_letter_exchange),
     )
 
 
 def declare(channel: BlockingChannel, topology: Topology) -> None:
-    """Create everything idempotently; a queue that exists with other arguments is an error."""
+    """Check what must exist, create the rest idempotently. A missing exchange, a queue that
+    exists with other arguments, or a permission the user lacks is a ``BrokerError`` saying so."""
+    step = "checking"
     try:
+        for name in topology.expects:
+            step = f"checking that exchange {name!r} exists"
+            channel.exchange_declare(name, exchange_type="topic", passive=True)
         for name in topology.exchanges:
+            step = f"declaring exchange {name!r}"
             channel.exchange_declare(name, exchange_type="topic", durable=True)
         for queue in topology.queues:
+            step = f"declaring queue {queue.name!r}"
             channel.queue_declare(queue.name, durable=True, arguments=queue.arguments)
         for b in topology.bindings:
+            step = f"binding queue {b.queue!r} to {b.exchange!r} with {b.routing_key!r}"
             channel.queue_bind(b.queue, b.exchange, routing_key=b.routing_key)
     except ChannelClosedByBroker as exc:
-        raise BrokerError(
-            f"the broker refused the topology ({exc.reply_code} {exc.reply_text}); a queue or "
-            "exchange probably exists with other arguments (e.g. another delivery_limit): "
-            "align the config or delete it"
-        ) from exc
+        raise BrokerError(f"the broker refused {step}: {_advice(exc)}") from exc
 
 
-def definitions(topologies: list[Topology], vhost: str = "/") -> dict[str, Any]:
+def _advice(exc: ChannelClosedByBroker) -> str:
+    said = f"{exc.reply_code} {exc.reply_text}"
+    if exc.reply_code == 404:
+        return (
+            f"{said}; the shared topology is missing: import deploy/rabbitmq/definitions.json "
+            "('imgline definitions' prints them) into the broker"
+        )
+    if exc.reply_code == 403:
+        return (
+            f"{said}; this service's user lacks the permission: compare the broker's users with "
+            "the output of 'imgline definitions'"
+        )
+    return (
+        f"{said}; a queue or exchange probably exists with other arguments (e.g. another "
+        "delivery_limit): align the config or delete it"
+    )
+
+
+def definitions(topologies: list[Topology], vhost: str = access.VHOST) -> dict[str, Any]:
     """RabbitMQ's definitions format (``rabbitmqctl import_definitions``) for ``topologies``."""
     exchanges: dict[str, dict[str, Any]] = {}
     queues: dict[str, dict[str, Any]] = {}
@@ -145,9 +184,27 @@ def definitions(topologies: list[Topology], vhost: str = "/") -> dict[str, Any]:
     }
 
 
+def pipeline_definitions(
+    settings: BusSettings | None = None,
+    passwords: Mapping[str, str] | None = None,
+    *,
+    admin: bool = False,
+) -> dict[str, Any]:
+    """Everything a broker needs for the pipeline: the vhost, one user per service with its
+    permissions, the shared topology and the pipeline services' queues. ``settings`` gives the
+    names (exchange, prefix, queues); its ``service`` is ignored."""
+    base = settings or BusSettings(service="imgline")
+    topos = [shared_topology(base)]
+    for svc, topics in SERVICE_TOPICS.items():
+        named = base.model_copy(update={"service": svc, "queue": None})
+        topos.append(service_topology(named, topics))
+    return {
+        **access.account_definitions(base, passwords, admin=admin),
+        **definitions(topos),
+    }
+
+
 def default_definitions_json() -> str:
-    """The deployed pipeline's topology with default settings, as committed under deploy/."""
-    topos = [
-        service_topology(BusSettings(service=svc), topics) for svc, topics in SERVICE_TOPICS.items()
-    ]
-    return json.dumps(definitions(topos), indent=2, sort_keys=True) + "\n"
+    """The deployed pipeline's definitions with default settings, as committed under deploy/.
+    Users carry no password: an operator sets them (docs/security.md)."""
+    return json.dumps(pipeline_definitions(), indent=2, sort_keys=True) + "\n"
