@@ -62,7 +62,7 @@ def main() -> int:
         work = Path(tmp)
         disk = blank_disk(work / "disk.img", 6144)
         config = work / "updater.toml"
-        config.write_text(config_toml(amqp=False))
+        config.write_text(config_toml())
         root = work / "root.json"
         root.write_text("{}")  # never read: the bench applies files, not the repository
         apply = f"{UPDATER} apply --image /job/v2.img --sha256 {v2.sha256}"

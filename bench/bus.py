@@ -17,11 +17,12 @@ import statistics
 import threading
 import time
 import uuid
+from contextlib import closing
 
 import pika
 
-from imgline.core.broker import broker_url
-from imgline.core.bus import Consumer, Publisher
+from imgline.core.broker import broker_access
+from imgline.core.bus import Consumer, Publisher, topology
 from imgline.core.config import BusSettings
 from imgline.schemas import payloads as p
 from imgline.schemas.messages import BuildRequestedV1
@@ -86,6 +87,8 @@ def raw_latency(url: str, n: int) -> list[float]:
 
 def imgline_latency(url: str, n: int) -> list[float]:
     s = BusSettings(service=f"bench{uuid.uuid4().hex[:6]}", exchange="bench")
+    with closing(pika.BlockingConnection(pika.URLParameters(url))) as conn:
+        topology.declare(conn.channel(), topology.shared_topology(s))
     got = threading.Event()
     t_recv = [0.0]
 
@@ -149,8 +152,7 @@ def raw_throughput(url: str, n: int) -> float:
 def imgline_throughput(url: str, n: int, prefetch: int) -> float:
     s = BusSettings(service=f"benchtp{uuid.uuid4().hex[:6]}", exchange="bench", prefetch=prefetch)
     conn = pika.BlockingConnection(pika.URLParameters(url))
-    from imgline.core.bus import topology  # noqa: PLC0415
-
+    topology.declare(conn.channel(), topology.shared_topology(s))
     topology.declare(conn.channel(), topology.service_topology(s, ("build.requested",)))
     conn.close()
     with Publisher(s, url) as pub:
@@ -187,7 +189,8 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("pika").setLevel(logging.CRITICAL)
     logging.getLogger("imgline").setLevel(logging.WARNING)
-    with broker_url() as url:
+    with broker_access() as broker:
+        url = broker.admin_url
         raw_latency(url, 20)  # warm up the broker and the code paths
         imgline_latency(url, 20)
         raw = statistics.median(raw_latency(url, args.latency_n))

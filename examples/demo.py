@@ -40,11 +40,11 @@ import pika
 
 from imgline.builder.__main__ import build_consumer
 from imgline.core import logs
-from imgline.core.broker import broker_url
+from imgline.core.broker import BrokerAccess, broker_access
 from imgline.core.bus import Consumer, Publisher, topology
 from imgline.core.bus.consumer import REASON_HEADER
 from imgline.core.config import BusSettings
-from imgline.core.errors import ImglineError
+from imgline.core.errors import AccessRefusedError, ImglineError
 from imgline.core.gitutil import commit_files
 from imgline.core.trust.client import RepositoryClient
 from imgline.core.trust.keys import KeyDir
@@ -150,7 +150,9 @@ class Published:
     sha256: str
 
 
-def show_host(amqp_url: str, exchange: str, repo_port: int, *, root: bytes, new: Published) -> None:
+def show_host(
+    broker: BrokerAccess, exchange: str, repo_port: int, *, root: bytes, new: Published
+) -> None:
     """Install a test host with the release before the published one; watch it upgrade."""
     sys.path.insert(0, str(REPO / "tests"))
     from hostimages import Recipe, derive  # noqa: PLC0415 - test-host helpers, demo only
@@ -163,10 +165,14 @@ def show_host(amqp_url: str, exchange: str, repo_port: int, *, root: bytes, new:
     host = CACHE / "demo" / "host"
     host.mkdir(parents=True, exist_ok=True)
     (host / "root.json").write_bytes(root)
-    (host / "updater.toml").write_text(config_toml(exchange=exchange))
+    amqp_url = broker.admin_url  # the demo's own looks at the bus
+    # the host logs in as the updater: it may report host.* events and nothing else
+    (host / "updater.toml").write_text(
+        config_toml(amqp_url=broker.url_for("updater"), exchange=exchange)
+    )
     disk = blank_disk(host / "disk.img", 6144)
     log.info(
-        "6) a test host: installing %s-%s (the release before) on %s",
+        "7) a test host: installing %s-%s (the release before) on %s",
         previous.name,
         previous.version,
         disk,
@@ -216,6 +222,23 @@ def show_host(amqp_url: str, exchange: str, repo_port: int, *, root: bytes, new:
     log.info("   host console: %s", console)
 
 
+def show_forgery_refused(broker: BrokerAccess, settings: BusSettings) -> None:
+    """The trigger's user announcing a tested image: the broker's topic permissions refuse it,
+    so whoever holds that password still cannot get an image signed."""
+    forged = settings.routing_key("image.tested")
+    try:
+        with Publisher(settings, broker.url_for("trigger"), attempts=1) as pub:
+            pub.publish_raw(settings.exchange, forged, b"{}", pika.BasicProperties())
+    except AccessRefusedError as exc:
+        log.info("6) the trigger's user sent %s: refused by the broker (%s)", forged, exc)
+        return
+    log.warning(
+        "6) %s from the trigger's user was accepted: this broker's users are not "
+        "imgline's (IMGLINE_AMQP_URL), so it does not check who publishes what",
+        forged,
+    )
+
+
 def show_dead_letter(ch: Any, queue: str) -> None:
     deadline = time.monotonic() + 30
     reason = None
@@ -255,9 +278,11 @@ def start_repository(settings: BusSettings) -> Iterator[tuple[str, bytes, BusSet
 def start_services(
     ch: Any, wiring: list[tuple[BusSettings, Callable[[BusSettings], Consumer], str]]
 ) -> tuple[list[Consumer], list[threading.Thread]]:
-    """Each service in a thread of this process, its queue declared before anything is sent."""
+    """Each service in a thread of this process, its queue declared before anything is sent.
+    The shared topology (exchanges, dead letters, audit queue) is the broker's own."""
     services, threads = [], []
     for settings, build, topic in wiring:
+        topology.declare(ch, topology.shared_topology(settings))
         topology.declare(ch, topology.service_topology(settings, (topic,)))
         services.append(build(settings))
         threads.append(threading.Thread(target=services[-1].run, name=settings.service))
@@ -273,14 +298,15 @@ def run() -> int:
         log.error("the demo builds an image with mmdebstrap in root mode: run it as root")
         return 2
     with (
-        broker_url() as url,
+        broker_access() as broker,
         tempfile.TemporaryDirectory(prefix="imgline-demo-") as tmp,
         ExitStack() as stack,
     ):
         store = str(CACHE / "demo" / "store")
+        url = broker.admin_url
         settings = BusSettings(
             service="builder",
-            amqp_url=url,
+            amqp_url=broker.url_for("builder"),
             consumer_config={
                 "store_dir": store,
                 "work_dir": str(CACHE / "demo" / "work"),
@@ -290,11 +316,18 @@ def run() -> int:
         plan = str(REPO / "examples" / "test-plan.toml")
         tester_config = {"store_dir": store, "work_dir": str(CACHE / "demo" / "tester-work")}
         tester_settings = settings.model_copy(
-            update={"service": "tester", "consumer_config": {**tester_config, "plan_file": plan}}
+            update={
+                "service": "tester",
+                "amqp_url": broker.url_for("tester"),
+                "consumer_config": {**tester_config, "plan_file": plan},
+            }
         )
         conn = pika.BlockingConnection(pika.URLParameters(url))
         ch = conn.channel()
         base_url, root, publisher_settings = stack.enter_context(start_repository(settings))
+        publisher_settings = publisher_settings.model_copy(
+            update={"amqp_url": broker.url_for("publisher")}
+        )
         services, threads = start_services(
             ch,
             [
@@ -323,7 +356,8 @@ def run() -> int:
             name="broken",
             requested_by="make-demo",
         )
-        with Publisher(settings, url) as pub:
+        # a git push's trigger: the one user that may ask for builds
+        with Publisher(settings, broker.url_for("trigger")) as pub:
             pub.publish(BuildRequestedV1.from_payload(good))
             log.info("1) published build.requested for node (build_id %s)", good.build_id[:12])
             started = time.monotonic()
@@ -363,13 +397,14 @@ def run() -> int:
             pub.publish_raw(settings.exchange, wrong.topic, wrong._encoded_body, wrong._properties)
             log.info("5) published a build.requested that breaks the contract")
         show_dead_letter(ch, settings.dead_letter_queue)
+        show_forgery_refused(broker, settings)
         for svc in services:
             svc.stop()
         for thread in threads:
             thread.join(60)
         conn.close()
         repo_port = urlparse(base_url).port or 80
-        show_host(url, settings.exchange, repo_port, root=root, new=published)
+        show_host(broker, settings.exchange, repo_port, root=root, new=published)
         log.info(
             "demo done: an image built, tested, signed and published; a bad kickstart "
             "reported; a bad message kept aside; a host upgraded itself to the new release"

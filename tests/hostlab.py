@@ -14,6 +14,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from hostimages import HostRelease
 from vmguest import GUEST_SERVICES_ADDR, GuestRun, NetSpec, run_helper
@@ -37,22 +38,32 @@ class Services:
         return NetSpec(guest_forwards=forwards)
 
 
+def guest_amqp_url(url: str) -> str:
+    """``url`` (a broker on this machine's loopback) as the host reaches it: same user,
+    password and vhost, through the guest forward to :data:`AMQP_PORT`."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@" if userinfo else ""
+    return urlunsplit(parts._replace(netloc=f"{netloc}{GUEST_SERVICES_ADDR}:{AMQP_PORT}"))
+
+
 def config_toml(
     *,
+    amqp_url: str | None = None,
     exchange: str = "imgline",
-    amqp: bool = True,
     boot_tries: int = 2,
     settle_seconds: int = 40,
     refresh_seconds: int = 15,
     policy: str = "auto",
 ) -> str:
-    """The host's /etc/imgline/updater.toml."""
+    """The host's /etc/imgline/updater.toml; with ``amqp_url`` (as this machine sees the
+    broker) the host reports on the bus, without it the host only pulls."""
     bus = (
-        f'amqp_url = "amqp://guest:guest@{GUEST_SERVICES_ADDR}:{AMQP_PORT}/%2F"\n'
+        f'amqp_url = "{guest_amqp_url(amqp_url)}"\n'
         f'exchange = "{exchange}"\n'
         f'dead_letter_exchange = "{exchange}.dlx"\n'
         f'dead_letter_queue = "{exchange}.dead-letter"\n'
-        if amqp
+        if amqp_url
         else ""
     )
     return (

@@ -74,6 +74,21 @@ def exchange() -> str:
     return f"imgline-vm-{uuid.uuid4().hex[:8]}"
 
 
+@dataclass(frozen=True)
+class HostBus:
+    amqp_url: str
+    exchange: str
+    config: str
+
+
+@pytest.fixture(scope="module")
+def host_bus(amqp_url: str, exchange: str) -> HostBus:
+    """The hosts' bus and updater.toml: this module's exchange, reached as the test's broker
+    user (a per-test exchange is outside the updater user's permissions, which the broker tier
+    tests on the pipeline's own names)."""
+    return HostBus(amqp_url, exchange, config_toml(amqp_url=amqp_url, exchange=exchange))
+
+
 def _install(
     image: Path, release: HostRelease, site: Site, disk: Path, *, config: str, loader: str
 ) -> None:
@@ -94,13 +109,11 @@ def grub_v1(
     node_liveimg: Path,
     releases: list[HostRelease],
     site: Site,
-    exchange: str,
+    host_bus: HostBus,
 ) -> Path:
     """A disk installed with v1 and GRUB, copied by each test that boots it."""
     disk = blank_disk(tmp_path_factory.mktemp("grub") / "golden.img", 6144)
-    _install(
-        node_liveimg, releases[0], site, disk, config=config_toml(exchange=exchange), loader="grub"
-    )
+    _install(node_liveimg, releases[0], site, disk, config=host_bus.config, loader="grub")
     return disk
 
 
@@ -152,8 +165,13 @@ def serving(site: Site, amqp_url: str, exchange: str) -> Iterator[Lab]:
     reports = f"{exchange}.reports.{uuid.uuid4().hex[:6]}"
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     channel = conn.channel()
-    bus = BusSettings(service="vm-test", exchange=exchange)
-    topology.declare(channel, topology.service_topology(bus, ()))
+    bus = BusSettings(
+        service="vm-test",
+        exchange=exchange,
+        dead_letter_exchange=f"{exchange}.dlx",
+        dead_letter_queue=f"{exchange}.dead-letter",
+    )
+    topology.declare(channel, topology.shared_topology(bus))
     channel.queue_declare(reports, auto_delete=False)
     channel.queue_bind(reports, exchange, "imgline.host.#")
     conn.close()
@@ -211,17 +229,15 @@ def test_systemd_boot_host_applies_a_published_release_and_blesses_it(
     tmp_path: Path,
     node_liveimg: Path,
     releases: list[HostRelease],
-    amqp_url: str,
-    exchange: str,
+    host_bus: HostBus,
 ) -> None:
     """systemd-boot on OVMF: the agent on v1 sees v2 in the signed repository, applies it and
     reboots; systemd-boot tries the entry with the counter in its file name, and v2 is kept."""
     v1, v2, _v3 = releases
     site = make_site(tmp_path / "repo")  # its own, pinned at this install
     disk = blank_disk(tmp_path / "host.img", 6144)
-    config = config_toml(exchange=exchange)
-    _install(node_liveimg, v1, site, disk, config=config, loader="systemd-boot")
-    with serving(site, amqp_url, exchange) as lab:
+    _install(node_liveimg, v1, site, disk, config=host_bus.config, loader="systemd-boot")
+    with serving(site, host_bus.amqp_url, host_bus.exchange) as lab:
         lab.publish(v2)
         console = tmp_path / "console.log"
         net = lab.services.net()
@@ -313,5 +329,5 @@ def test_grub_host_resumes_a_killed_apply_upgrades_and_rolls_back_a_bad_release(
 
 def _offline_config(tmp_path: Path) -> Path:
     path = tmp_path / "updater.toml"
-    path.write_text(config_toml(amqp=False))
+    path.write_text(config_toml())
     return path
