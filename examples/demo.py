@@ -266,6 +266,7 @@ def start_repository(settings: BusSettings) -> Iterator[tuple[str, bytes, BusSet
                 "service": "publisher",
                 "consumer_config": {
                     "repo_dir": str(demo / "repo"),
+                    "store_dir": settings.consumer_config["store_dir"],
                     "keys_dir": str(demo / "keys"),
                     "work_dir": str(demo / "publisher-work"),
                     "base_url": base_url,

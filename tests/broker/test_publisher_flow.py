@@ -1,6 +1,7 @@
 """imgline-publisher as its own process on a private broker: a passed image.tested becomes a
 release in the TUF repository, served over HTTP and announced as image.published; a failed or
-swapped one becomes image.rejected and leaves the repository untouched."""
+swapped one becomes image.rejected and leaves the repository untouched. The verdicts are the
+tester's, in the artifact store: a message that claims more than they say is not believed."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pytest
 from bushelpers import service_process
 from tufrepo import client
 
+from imgline.core import verdicts
+from imgline.core.artifacts import LocalArtifactStore
 from imgline.core.trust import layout
 from imgline.core.trust.repository import TufRepository
 from imgline.schemas import payloads as p
@@ -21,18 +24,17 @@ from imgline.schemas.messages import ImagePublishedV1, ImageRejectedV1, ImageTes
 pytestmark = pytest.mark.broker
 
 
-def image_tested(tmp: Path, version: str, *, passed: bool) -> p.ImageTested:
-    image = tmp / f"node-{version}.squashfs.img"
-    image.write_bytes(os.urandom(2 << 20))
-    data = image.read_bytes()
+def image_tested(
+    store: LocalArtifactStore, version: str, *, passed: bool, record: bool = True
+) -> p.ImageTested:
+    """An image in the store and, as the tester would leave it, its verdict."""
+    art = store.put_bytes(os.urandom(2 << 20))
     ref = p.ImageRef(
         build_id=hashlib.sha256(version.encode()).hexdigest(),
         name="node",
         version=version,
         stream="stable",
-        artifact=p.Artifact(
-            uri=image.as_uri(), sha256=hashlib.sha256(data).hexdigest(), size=len(data)
-        ),
+        artifact=p.Artifact(uri=art.uri, sha256=art.sha256, size=art.size),
         source_commit="1" * 40,
     )
     results = [
@@ -44,7 +46,10 @@ def image_tested(tmp: Path, version: str, *, passed: bool) -> p.ImageTested:
             detail="" if passed else "no 'IMGLINE-PAYLOAD-READY' on the console within 600s",
         ),
     ]
-    return p.ImageTested(build_id=ref.build_id, image=ref, passed=passed, results=results)
+    tested = p.ImageTested(build_id=ref.build_id, image=ref, passed=passed, results=results)
+    if record:
+        verdicts.write(store, tested)
+    return tested
 
 
 def sha256_of(path: Path) -> str:
@@ -61,16 +66,24 @@ def test_passed_image_is_published_and_failed_one_rejected(
     amqp_url: str, tmp_path: Path, repo: TufRepository, served: str
 ) -> None:
     pinned_root = repo.root_bytes()
+    store = LocalArtifactStore(tmp_path / "store")
     config = {
+        "store_dir": str(store.root),
         "repo_dir": str(repo.root_dir),
         "keys_dir": str(repo.keys.directory),
         "work_dir": str(tmp_path / "work"),
         "base_url": served,
     }
-    good = image_tested(tmp_path, "20261123.1", passed=True)
-    bad = image_tested(tmp_path, "20261123.2", passed=False)
-    swapped = image_tested(tmp_path, "20261123.3", passed=True)
-    Path(swapped.image.artifact.uri.removeprefix("file://")).write_bytes(b"not what was tested")
+    good = image_tested(store, "20261123.1", passed=True)
+    bad = image_tested(store, "20261123.2", passed=False)
+    swapped = image_tested(store, "20261123.3", passed=True)
+    stored = store.path_for(swapped.image.artifact.sha256)
+    stored.chmod(0o644)
+    stored.write_bytes(b"not what was tested")
+    # forged: a passing verdict nobody stored, and one that claims a pass the tester refused
+    unverified = image_tested(store, "20261123.4", passed=True, record=False)
+    overclaimed = image_tested(store, "20261123.5", passed=False)
+    overclaimed = overclaimed.model_copy(update={"passed": True, "results": []})
     with service_process(
         "publisher",
         amqp_url,
@@ -84,6 +97,10 @@ def test_passed_image_is_published_and_failed_one_rejected(
         rejected = ImageRejectedV1(body=svc.wait_event(60), topic="x").payload
         svc.publish(ImageTestedV1.from_payload(swapped))
         refused = ImageRejectedV1(body=svc.wait_event(60), topic="x").payload
+        svc.publish(ImageTestedV1.from_payload(unverified))
+        not_tested = ImageRejectedV1(body=svc.wait_event(60), topic="x").payload
+        svc.publish(ImageTestedV1.from_payload(overclaimed))
+        believed = ImageRejectedV1(body=svc.wait_event(60), topic="x").payload
         svc.publish(ImageTestedV1.from_payload(good))
         published = ImagePublishedV1(body=svc.wait_event(60), topic="x").payload
         svc.publish(ImageTestedV1.from_payload(good))  # a redelivery: the same release again
@@ -95,7 +112,11 @@ def test_passed_image_is_published_and_failed_one_rejected(
     assert refused.build_id == swapped.build_id
     assert refused.reason.startswith("the image is not the one tested: ")
     assert "truncated" in refused.reason
-    for version in ("20261123.2", "20261123.3"):
+    assert not_tested.build_id == unverified.build_id
+    assert "the tester stored no verdict" in not_tested.reason
+    assert believed.build_id == overclaimed.build_id  # the stored verdict, not the message
+    assert believed.failed_checks == ["boot.live"]
+    for version in ("20261123.2", "20261123.3", "20261123.4", "20261123.5"):
         assert not (repo.targets_dir / "stable" / "node" / version).exists()
 
     assert published.image_sha256 == good.image.artifact.sha256

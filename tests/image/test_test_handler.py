@@ -46,6 +46,11 @@ class Harness:
             metrics=TestMetrics(self.registry),
         )
 
+    def stored(self, ref: p.ImageRef) -> p.ImageRef:
+        """The image as the builder leaves it: in the store the tester reads from."""
+        art = self.store.put_file(Path(ref.artifact.uri.removeprefix("file://")))
+        return ref.model_copy(update={"artifact": ref.artifact.model_copy(update={"uri": art.uri})})
+
     def test(self, ref: p.ImageRef) -> p.ImageTested:
         built = p.ImageBuilt(
             **ref.model_dump(),
@@ -70,7 +75,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
 
 def test_failed_image_gets_a_verdict_a_report_and_a_log(images: Images, tmp_path: Path) -> None:
     h = Harness(tmp_path)
-    tested = h.test(images.build())
+    tested = h.test(h.stored(images.build()))
     assert tested.passed is False
     by_name = {r.name: r for r in tested.results}
     assert by_name["content.packages"].status == "failed"
@@ -82,7 +87,8 @@ def test_failed_image_gets_a_verdict_a_report_and_a_log(images: Images, tmp_path
     suite = ET.fromstring(xml).find("testsuite")  # noqa: S314 - our own output
     assert suite is not None
     assert (suite.get("tests"), suite.get("failures")) == (str(len(tested.results)), "1")
-    log = h.store.read_record("reports", f"{tested.build_id}.log")
+    key = f"{tested.build_id}.{tested.image.artifact.sha256}"
+    log = h.store.read_record("reports", f"{key}.log")
     assert log is not None and b"e2fsck -fn" in log
     assert h.metric("imgline_images_tested_total", verdict="failed") == 1
     assert h.metric("imgline_checks_total", check="content.packages", status="failed") == 1
@@ -91,15 +97,59 @@ def test_failed_image_gets_a_verdict_a_report_and_a_log(images: Images, tmp_path
 
 def test_passing_image_and_redelivery_reuses_the_verdict(images: Images, tmp_path: Path) -> None:
     h = Harness(tmp_path, PLAN.replace('packages = ["lvm2"]', "packages = []"))
-    ref = images.build()
+    ref = h.stored(images.build())
     first = h.test(ref)
     assert first.passed, first.results
     # a redelivered image.built: the same verdict is published again, nothing is re-run
-    Path(ref.artifact.uri.removeprefix("file://")).unlink()  # a re-run would fail
+    h.store.path_for(ref.artifact.sha256).unlink()  # a re-run would fail
     again = h.test(ref)
     assert again == first
     assert len(h.sent) == 2
     assert h.metric("imgline_images_tested_total", verdict="passed") == 1
+
+
+def test_a_known_build_id_with_other_bytes_gets_its_own_verdict(
+    images: Images, tmp_path: Path
+) -> None:
+    """A verdict belongs to the bytes tested: an image.built that reuses a tested build_id
+    for other bytes neither gets that verdict nor replaces it."""
+    h = Harness(tmp_path, PLAN.replace('packages = ["lvm2"]', "packages = []"))
+    ref = h.stored(images.build())
+    first = h.test(ref)
+    assert first.passed, first.results
+    other = h.store.put_bytes(b"not an image at all")
+    forged = ref.model_copy(
+        update={
+            "artifact": p.Artifact(uri=other.uri, sha256=other.sha256, size=other.size),
+        }
+    )
+    verdict = h.test(forged)
+    assert not verdict.passed
+    assert verdict.image.artifact.sha256 == other.sha256
+    assert h.test(ref) == first  # the real image's verdict is untouched
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["file:///etc/passwd", "outside", "link", "file://elsewhere/img", "http://evil.example/i"],
+)
+def test_an_artifact_outside_the_store_is_never_read(
+    images: Images, tmp_path: Path, where: str
+) -> None:
+    h = Harness(tmp_path)
+    ref = images.build()  # outside the store, where the test images are made
+    uri = ref.artifact.uri
+    if where == "link":  # a symbolic link in the store that leads out of it
+        h.store.root.mkdir(parents=True, exist_ok=True)
+        link = h.store.root / "planted.img"
+        link.symlink_to(Path(uri.removeprefix("file://")))
+        uri = link.as_uri()
+    elif where != "outside":
+        uri = where
+    bad = ref.model_copy(update={"artifact": ref.artifact.model_copy(update={"uri": uri})})
+    with pytest.raises(PermanentError, match=r"outside the artifact store|another host|prefix"):
+        h.test(bad)
+    assert h.sent == []
 
 
 def test_missing_artifact_is_a_permanent_error(images: Images, tmp_path: Path) -> None:

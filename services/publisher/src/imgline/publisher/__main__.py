@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from imgline.core import logs
+from imgline.core.artifacts import LocalArtifactStore
 from imgline.core.bus import Consumer
 from imgline.core.config import BusSettings, load_settings
 from imgline.core.errors import ConfigError, ImglineError
@@ -79,6 +80,7 @@ def build_consumer(settings: BusSettings) -> Consumer:
     handler = PublishHandler(
         config,
         repository,
+        LocalArtifactStore(config.store_dir),
         publish=consumer.publisher.publish,
         topic_prefix=settings.topic_prefix,
         metrics=PublishMetrics(consumer.metrics.registry),

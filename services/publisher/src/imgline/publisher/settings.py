@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from imgline.core.fetch import ArtifactSources
 from imgline.core.trust.layout import Expiry
 from imgline.publisher.domain.installks import InstallLayout
 
@@ -18,6 +19,16 @@ class PublisherConfig(BaseModel):
     __test__: ClassVar[bool] = False
 
     repo_dir: Path = Field(default=Path("/var/lib/imgline/repo"))
+    store_dir: Path = Field(
+        default=Path("/var/lib/imgline/artifacts"),
+        description="the artifact store the tester writes its verdicts to; images are read "
+        "from here by digest (docs/security.md)",
+    )
+    artifact_url_prefixes: list[str] = Field(
+        default_factory=list,
+        description="http(s) URL prefixes an image not in store_dir may be downloaded from",
+    )
+    download_deadline_seconds: float = Field(default=1800.0, gt=0)
     work_dir: Path = Field(
         default=Path("/var/lib/imgline/publisher-work"), description="downloads of remote artefacts"
     )
@@ -41,3 +52,6 @@ class PublisherConfig(BaseModel):
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(default=8090, ge=0, le=65535)
     install: InstallLayout = InstallLayout()
+
+    def artifact_sources(self) -> ArtifactSources:
+        return ArtifactSources.of([self.store_dir], self.artifact_url_prefixes)

@@ -14,6 +14,7 @@ from pathlib import Path
 from fedora_messaging import message as fm_message
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from imgline.core import verdicts
 from imgline.core.artifacts import LocalArtifactStore
 from imgline.core.fetch import local_path
 from imgline.core.fsutil import remove_tree
@@ -28,8 +29,7 @@ from imgline.tester.settings import TesterConfig
 
 log = logging.getLogger(__name__)
 
-TESTS = "tests"  # records: build_id -> the image.tested payload (idempotency)
-REPORTS = "reports"  # records: <build_id>.xml, <build_id>.log, <build_id>.<attachment>
+REPORTS = "reports"  # records: <key>.xml, <key>.log, <key>.<attachment>; key: verdicts.key
 DETAIL_LIMIT = 4000
 
 
@@ -78,10 +78,9 @@ class TestHandler:
 
     def __call__(self, msg: ImageBuiltV1) -> None:
         built: p.ImageBuilt = msg.payload
-        previous = self.store.read_record(TESTS, built.build_id)
-        if previous is not None:
+        tested = verdicts.read(self.store, built.build_id, built.artifact.sha256)
+        if tested is not None:
             log.info("build_id=%s already tested: publishing image.tested again", built.build_id)
-            tested = p.ImageTested.model_validate_json(previous)
             self.publish(ImageTestedV1.from_payload(tested, self.prefix))
             return
         workdir = self.config.work_dir / built.build_id
@@ -92,7 +91,7 @@ class TestHandler:
         finally:
             if not self.config.keep_workdir:
                 remove_tree(workdir)
-        self.store.write_record(TESTS, built.build_id, tested.model_dump_json().encode())
+        verdicts.write(self.store, tested)
         self.publish(ImageTestedV1.from_payload(tested, self.prefix))
         self.metrics.images.labels("passed" if tested.passed else "failed").inc()
         log.info(
@@ -109,7 +108,13 @@ class TestHandler:
         log_path = workdir / "test.log"
         with log_path.open("w", encoding="utf-8") as test_log:
             test_log.write(f"# imgline tests of {built.name}-{built.version} ({built.build_id})\n")
-            image = local_path(built.artifact.uri, workdir)
+            image = local_path(
+                built.artifact.uri,
+                workdir,
+                self.config.artifact_sources(),
+                size=built.artifact.size,
+                deadline_seconds=self.config.download_deadline_seconds,
+            )
             boot_dir = workdir / "boot"
             results, meta = run_sanity(
                 image, built.ref(), expectations, workdir, test_log, boot_dir=boot_dir
@@ -153,7 +158,7 @@ class TestHandler:
 
     def _store_report(self, built: p.ImageBuilt, results: list[CheckResult], log_path: Path) -> str:
         """JUnit XML, the test log and every attachment, stored beside the artefact."""
-        key = built.build_id
+        key = verdicts.key(built.build_id, built.artifact.sha256)
         for r in results:
             for att in r.attachments:
                 if att.is_file():
@@ -163,7 +168,7 @@ class TestHandler:
             f"imgline.{built.name}",
             results,
             {
-                "build_id": key,
+                "build_id": built.build_id,
                 "image": f"{built.name}-{built.version}",
                 "stream": built.stream,
                 "sha256": built.artifact.sha256,
