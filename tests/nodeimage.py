@@ -16,7 +16,7 @@ from fedora_messaging import message as fm_message
 from prometheus_client import CollectorRegistry
 
 from imgline.builder.__main__ import make_backends
-from imgline.builder.handlers import BuildHandler, BuildMetrics
+from imgline.builder.handlers import BuildMetrics, build_handler
 from imgline.builder.settings import BuilderConfig
 from imgline.core.artifacts import LocalArtifactStore
 from imgline.schemas import payloads as p
@@ -69,7 +69,7 @@ def node_image() -> tuple[p.ImageBuilt, LocalArtifactStore]:
 def _build(where: Path) -> p.ImageBuilt:
     config = BuilderConfig(store_dir=where / "store", work_dir=where / "work", cache_dir=APT_CACHE)
     sent: list[fm_message.Message] = []
-    handler = BuildHandler(
+    handler = build_handler(
         config,
         LocalArtifactStore(config.store_dir),
         make_backends(config),

@@ -14,7 +14,6 @@ pytestmark = pytest.mark.unit
     [
         (Outcome.DONE, 1, 5, Verdict.ACK, ""),
         (Outcome.DONE, 5, 5, Verdict.ACK, ""),
-        (Outcome.DUPLICATE, 2, 5, Verdict.ACK, ""),
         (Outcome.INVALID, 1, 5, Verdict.DEAD_LETTER, "invalid message: boom"),
         (Outcome.PERMANENT, 1, 5, Verdict.DEAD_LETTER, "permanent failure: boom"),
         (Outcome.TRANSIENT, 1, 5, Verdict.REQUEUE, "attempt 1 of 5 failed: boom"),

@@ -18,7 +18,7 @@ import pika
 import pytest
 from bushelpers import queue_depth, request, running, take_all, wait_for
 
-from imgline.core.bus import BusMetrics, Consumer, DoneStore, Publisher, by_build_id, topology
+from imgline.core.bus import BusMetrics, Consumer, Publisher, topology
 from imgline.core.bus.consumer import ATTEMPTS_HEADER, QUEUE_HEADER, REASON_HEADER
 from imgline.core.config import BusSettings
 from imgline.core.errors import PermanentError, TransientError, UnroutableError
@@ -191,45 +191,6 @@ def test_permanent_error_dead_letters_at_once_and_transient_retries(
     [(headers, _)] = take_all(amqp_url, s.dead_letter_queue)
     assert headers[REASON_HEADER] == "permanent failure: kickstart line 3: unknown command 'partt'"
     assert headers[ATTEMPTS_HEADER] == 1
-
-
-def test_idempotency_key_skips_work_already_done(
-    amqp_url: str, settings: Settings, tmp_path: Path
-) -> None:
-    s = settings()
-    calls: list[str] = []
-    done = DoneStore(tmp_path / "done.sqlite")
-    consumer = Consumer(s, amqp_url, done=done)
-    consumer.on(
-        BuildRequestedV1,
-        lambda m: calls.append(m.payload.request_id),
-        key=by_build_id,
-    )
-    with running(consumer):
-        publish(s, amqp_url, "same", "same", "other")
-        wait_for(
-            lambda: (
-                value(
-                    consumer.metrics,
-                    "imgline_messages_consumed_total",
-                    service="svc",
-                    topic="imgline.build.requested",
-                )
-                == 3
-            )
-        )
-    assert calls == ["same", "other"]
-    key = f"imgline.build.requested:{request('same').build_id}"
-    assert key in DoneStore(tmp_path / "done.sqlite")
-    assert (
-        value(
-            consumer.metrics,
-            "imgline_messages_duplicate_total",
-            service="svc",
-            topic="imgline.build.requested",
-        )
-        == 1
-    )
 
 
 def start_app(url: str, s: BusSettings, out: Path, slow: float) -> subprocess.Popen[bytes]:

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from imgline.builder.adapters.lorax import LoraxBackend
 from imgline.builder.domain.plan import BuildPlan
-from imgline.builder.handlers import BuildHandler, BuildMetrics
+from imgline.builder.handlers import BuildMetrics, build_handler
 from imgline.builder.ports import Backend, BuildOutput
 from imgline.builder.settings import BuilderConfig
 from imgline.core import liveimg
@@ -69,7 +69,7 @@ class Harness:
         self.sent: list[fm_message.Message] = []
         self.backend = TreeBackend()
         self.store = LocalArtifactStore(tmp / "store")
-        self.handler = BuildHandler(
+        self.handler = build_handler(
             BuilderConfig(store_dir=tmp / "store", work_dir=tmp / "work", cache_dir=tmp / "c"),
             self.store,
             backends or {"mmdebstrap": self.backend},

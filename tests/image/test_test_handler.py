@@ -3,6 +3,7 @@ verdicts, the stored JUnit report and log, idempotency, metrics."""
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -12,11 +13,11 @@ from prometheus_client import CollectorRegistry
 from sampleimages import Images
 
 from imgline.core.artifacts import LocalArtifactStore
-from imgline.core.errors import PermanentError
+from imgline.core.bus.stage import StageHandler
 from imgline.schemas import payloads as p
 from imgline.schemas.messages import ImageBuiltV1, ImageTestedV1
 from imgline.tester.domain.plan import load_plan
-from imgline.tester.handlers import TestHandler, TestMetrics
+from imgline.tester.handlers import ImageChecks, TestMetrics, TestStage
 from imgline.tester.settings import TesterConfig
 
 pytestmark = pytest.mark.image
@@ -37,13 +38,17 @@ class Harness:
         self.sent: list[fm_message.Message] = []
         self.registry = CollectorRegistry()
         self.store = LocalArtifactStore(tmp / "reports")
-        self.handler = TestHandler(
-            TesterConfig(store_dir=tmp / "reports", work_dir=tmp / "work"),
+        config = TesterConfig(store_dir=tmp / "reports", work_dir=tmp / "work")
+        stage = TestStage(
+            config,
             self.store,
             load_plan(plan),
-            publish=self.sent.append,
+            ImageChecks(config),
             topic_prefix="imgline",
             metrics=TestMetrics(self.registry),
+        )
+        self.handler = StageHandler(
+            stage, work_dir=config.work_dir, lock_dir=tmp / "locks", publish=self.sent.append
         )
 
     def stored(self, ref: p.ImageRef) -> p.ImageRef:
@@ -147,17 +152,21 @@ def test_an_artifact_outside_the_store_is_never_read(
     elif where != "outside":
         uri = where
     bad = ref.model_copy(update={"artifact": ref.artifact.model_copy(update={"uri": uri})})
-    with pytest.raises(PermanentError, match=r"outside the artifact store|another host|prefix"):
-        h.test(bad)
-    assert h.sent == []
+    tested = h.test(bad)
+    assert not tested.passed
+    [result] = tested.results
+    assert re.search(r"outside the artifact store|another host|prefix", result.detail), result
+    assert h.store.list_records("tests") == []  # no verdict stored for a message's fault
 
 
-def test_missing_artifact_is_a_permanent_error(images: Images, tmp_path: Path) -> None:
+def test_missing_artifact_ends_in_a_failed_verdict(images: Images, tmp_path: Path) -> None:
     h = Harness(tmp_path)
     ref = images.build()
     gone = ref.model_copy(
         update={"artifact": ref.artifact.model_copy(update={"uri": f"file://{tmp_path}/nope"})}
     )
-    with pytest.raises(PermanentError, match="does not exist on this host"):
-        h.test(gone)
-    assert h.sent == []
+    tested = h.test(gone)  # a failed image.tested naming the error, not a crash
+    assert not tested.passed
+    [result] = tested.results
+    assert (result.name, result.status) == ("tester.error", "error")
+    assert "does not exist on this host" in result.detail

@@ -27,7 +27,7 @@ from typing import BinaryIO
 
 from pydantic import BaseModel, ConfigDict
 
-from imgline.core.errors import ImglineError
+from imgline.core.errors import PermanentError, TransientError
 from imgline.core.fsutil import fsync_dir, write_temp
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,15 @@ _DIGEST = re.compile(r"[0-9a-f]{64}")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
 
 
-class ArtifactError(ImglineError):
-    """The store refused or could not complete an operation: the message names the file, digest
-    or record and what was wrong with it; fix that input (or free space / permissions under the
-    store root) and retry."""
+class ArtifactError(PermanentError):
+    """The store refused an operation, or an artefact is missing, malformed or not the bytes
+    expected: the message names the file, digest or record and what was wrong with it.
+    Permanent: the same input fails the same way."""
+
+
+class StoreUnavailableError(TransientError):
+    """The store cannot take anything now (no space, its directory cannot be made): free
+    space or fix permissions under the store root; the work is retried."""
 
 
 class StoredArtifact(BaseModel):
@@ -227,7 +232,7 @@ class LocalArtifactStore:
             self._objects.mkdir(parents=True, exist_ok=True)
             self._tmp.mkdir(exist_ok=True)
         except OSError as exc:
-            raise ArtifactError(
+            raise StoreUnavailableError(
                 f"cannot create the artifact store under {self.root}: {exc.strerror}; "
                 "check the path and its permissions"
             ) from exc
@@ -283,7 +288,7 @@ class LocalArtifactStore:
             os.replace(tmp, target)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise ArtifactError(f"no space left under {self.root}: free some") from exc
+                raise StoreUnavailableError(f"no space left under {self.root}: free some") from exc
             raise
         fsync_dir(self._objects)
         log.info("stored artifact sha256:%s (%d bytes)", digest, size)

@@ -43,6 +43,9 @@ INSTALL_HINT = (
     "install it with 'apt-get install rabbitmq-server' (Debian) or 'dnf install rabbitmq-server'"
 )
 RUN_AS = "rabbitmq"
+#: How long a delivery may stay unacknowledged (a build takes up to 2 h): as in
+#: deploy/rabbitmq/rabbitmq.conf, where a test keeps the two equal.
+CONSUMER_TIMEOUT_MS = 6 * 3600 * 1000
 
 
 def free_port() -> int:
@@ -80,7 +83,7 @@ class PrivateBroker:
         self,
         base_dir: Path | None = None,
         start_timeout: float = 90.0,
-        consumer_timeout_ms: int = 6 * 3600 * 1000,
+        consumer_timeout_ms: int = CONSUMER_TIMEOUT_MS,
         *,
         tls: bool = False,
     ) -> None:

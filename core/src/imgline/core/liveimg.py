@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from imgline.core.errors import ImglineError
+from imgline.core.errors import PermanentError
 from imgline.core.runner import CommandError, require, run
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ _FILE_NOT_FOUND = "File not found by ext2_lookup"
 _DEBUGFS_ENV = {"DEBUGFS_PAGER": "__none__"}
 
 
-class LiveImgError(ImglineError):
+class LiveImgError(PermanentError):
     """The root tree cannot be turned into a liveimg, or an image cannot be read back: the
     message says which (a --size too small, a missing /etc, a path not in the image) and what
     to change."""

@@ -17,16 +17,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from imgline.core.errors import ImglineError
+from imgline.core.errors import PermanentError
 
 log = logging.getLogger(__name__)
 
 TAIL_LINES = 25
 
 
-class CommandError(ImglineError):
+class CommandError(PermanentError):
     """An external command failed or is missing; the message has its output tail: read it, fix
-    the input or install the tool, and retry."""
+    the input or install the tool, and retry. Permanent: run again on the same input, the
+    command fails again (callers that know better catch it and say so)."""
 
     def __init__(self, message: str, returncode: int | None = None, tail: str = "") -> None:
         super().__init__(message)

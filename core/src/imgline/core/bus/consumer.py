@@ -29,7 +29,6 @@ from pika.spec import Basic, BasicProperties
 
 from imgline.core.bus import policy, topology
 from imgline.core.bus.connection import connection_parameters
-from imgline.core.bus.idempotency import DoneStore
 from imgline.core.bus.metrics import BusMetrics
 from imgline.core.bus.publisher import Publisher
 from imgline.core.config import BusSettings
@@ -57,7 +56,6 @@ CONNECTION_LOST = (
 @dataclass
 class _Route:
     handler: Callable[[Any], None]
-    key: Callable[[Any], str | None] | None
 
 
 @dataclass
@@ -107,12 +105,10 @@ class Consumer:
         settings: BusSettings,
         url: str,
         metrics: BusMetrics | None = None,
-        done: DoneStore | None = None,
     ) -> None:
         self.settings = settings
         self.url = url
         self.metrics = metrics or BusMetrics(settings.service)
-        self.done = done
         self.publisher = Publisher(settings, url, self.metrics)  # for handlers (worker threads)
         self._routes: dict[type[fm_message.Message], _Route] = {}
         self._topics: dict[str, type[fm_message.Message]] = {}
@@ -128,16 +124,14 @@ class Consumer:
         self,
         cls: type[M],
         handler: Callable[[M], None],
-        key: Callable[[M], str | None] | None = None,
         topic: str | None = None,
     ) -> None:
-        """Call ``handler`` for every valid ``cls`` message; skip ones whose ``key`` is done."""
+        """Call ``handler`` for every valid ``cls`` message. Idempotency is the handler's own
+        (``imgline.core.bus.stage``): delivery is at-least-once."""
         suffix = topic or getattr(cls, "topic_suffix", "")
         if not suffix:
             raise ValueError(f"{cls.__name__} has no topic_suffix; pass topic=")
-        if key is not None and self.done is None:
-            raise ValueError("an idempotency key needs a DoneStore (pass done=)")
-        self._routes[cls] = _Route(handler, key)
+        self._routes[cls] = _Route(handler)
         self._topics[self.settings.routing_key(suffix)] = cls
 
     def topology(self) -> topology.Topology:
@@ -315,12 +309,7 @@ class Consumer:
     def _handle(
         self, route: _Route, msg: fm_message.Message, d: _Delivery
     ) -> tuple[policy.Outcome, str]:
-        key = None
         try:
-            key = route.key(msg) if route.key is not None else None
-            if key is not None and self.done is not None and key in self.done:
-                log.info("%s already done (key %s): acknowledging without work", d.ids, key)
-                return policy.Outcome.DUPLICATE, ""
             log.info("%s handling (attempt %d): %s", d.ids, d.attempt, msg.summary)
             with self.metrics.handler_seconds.labels(self.settings.service, d.topic).time():
                 route.handler(msg)
@@ -335,8 +324,6 @@ class Consumer:
             log.exception("%s handler crashed (attempt %d)", d.ids, d.attempt)
             self._backoff(d.attempt)
             return policy.Outcome.CRASHED, f"{type(exc).__name__}: {exc}"
-        if key is not None and self.done is not None:
-            self.done.add(key, d.topic)
         return policy.Outcome.DONE, ""
 
     def _wake(self) -> None:
@@ -381,15 +368,12 @@ class Consumer:
         decision: policy.Decision,
     ) -> None:
         service, topic = self.settings.service, d.topic
-        if outcome not in (policy.Outcome.DONE, policy.Outcome.DUPLICATE, policy.Outcome.INVALID):
+        if outcome not in (policy.Outcome.DONE, policy.Outcome.INVALID):
             self.metrics.failed.labels(service, topic, outcome.value).inc()
         if decision.verdict is policy.Verdict.ACK:
             channel.basic_ack(d.tag)
             self.metrics.consumed.labels(service, topic).inc()
-            if outcome is policy.Outcome.DUPLICATE:
-                self.metrics.duplicates.labels(service, topic).inc()
-            else:
-                log.info("%s done in %.2fs", d.ids, time.monotonic() - d.started)
+            log.info("%s done in %.2fs", d.ids, time.monotonic() - d.started)
             return
         if decision.verdict is policy.Verdict.REQUEUE:
             # basic.reject, not basic.nack: from RabbitMQ 4.3 on only a reject says "processing

@@ -32,12 +32,6 @@ class BusMetrics:
             [*labels, "outcome"],
             registry=self.registry,
         )
-        self.duplicates = Counter(
-            "imgline_messages_duplicate",
-            "Deliveries skipped because their work was already done",
-            labels,
-            registry=self.registry,
-        )
         self.published = Counter(
             "imgline_messages_published",
             "Messages published and confirmed by the broker",

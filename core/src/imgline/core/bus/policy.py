@@ -14,7 +14,6 @@ class Outcome(enum.Enum):
     """How handling one delivery ended."""
 
     DONE = "done"
-    DUPLICATE = "duplicate"  # already done before (idempotency record): nothing to do
     INVALID = "invalid"  # failed schema validation or no handler for it
     PERMANENT = "permanent"  # handler raised PermanentError
     TRANSIENT = "transient"  # handler raised TransientError
@@ -46,7 +45,7 @@ def attempt_number(delivery_count: object) -> int:
 
 def decide(outcome: Outcome, error: str, attempt: int, limit: int) -> Decision:
     """Ack, requeue for another try, or dead-letter with a reason a person can act on."""
-    if outcome in (Outcome.DONE, Outcome.DUPLICATE):
+    if outcome is Outcome.DONE:
         return Decision(Verdict.ACK)
     if outcome is Outcome.INVALID:
         return Decision(Verdict.DEAD_LETTER, f"invalid message: {error}")

@@ -6,7 +6,7 @@ import logging
 
 from imgline.builder.adapters.lorax import LoraxBackend
 from imgline.builder.adapters.mmdebstrap import MmdebstrapBackend
-from imgline.builder.handlers import BuildHandler, BuildMetrics
+from imgline.builder.handlers import BuildMetrics, build_handler
 from imgline.builder.ports import Backend
 from imgline.builder.settings import BuilderConfig
 from imgline.core.artifacts import LocalArtifactStore
@@ -31,7 +31,7 @@ def build_consumer(settings: BusSettings) -> Consumer:
     """The builder's consumer with its handler, from validated settings."""
     config, url = service_config(settings, BuilderConfig)
     consumer = Consumer(settings, url)
-    handler = BuildHandler(
+    handler = build_handler(
         config,
         LocalArtifactStore(config.store_dir),
         make_backends(config),

@@ -29,16 +29,16 @@ from imgline.builder.ports import Backend, BuildOutput
 from imgline.builder.settings import BuilderConfig
 from imgline.core import liveimg
 from imgline.core.artifacts import LocalArtifactStore
+from imgline.core.bus.stage import LOCKS, StageHandler
 from imgline.core.errors import ImglineError, PermanentError, TransientError
-from imgline.core.fsutil import remove_tree
-from imgline.core.runner import CommandError
 from imgline.schemas import payloads as p
-from imgline.schemas.messages import BuildFailedV1, BuildRequestedV1, ImageBuiltV1
+from imgline.schemas.messages import BuildFailedV1, ImageBuiltV1
 
 log = logging.getLogger(__name__)
 
 BUILDS = "builds"  # records: build_id -> the image.built payload (idempotency)
 LOGS = "logs"  # records: <build_id>.log
+BUILD_LOG = "build.log"  # in the work directory while the build runs
 
 
 @dataclass
@@ -46,6 +46,15 @@ class _Progress:
     """Which stage a build is in, for the ``build.failed`` it may end with."""
 
     stage: str = "fetch"
+
+
+class BuildFailure(PermanentError):
+    """A permanent error and the build stage it happened in (``build.failed`` says both)."""
+
+    def __init__(self, stage: str, cause: PermanentError) -> None:
+        super().__init__(str(cause))
+        self.stage = stage
+        self.cause = cause
 
 
 class BuildMetrics:
@@ -64,8 +73,9 @@ class BuildMetrics:
         )
 
 
-class BuildHandler:
-    """Handles one ``build.requested`` at a time (the queue's prefetch is 1)."""
+class BuildStage:
+    """One ``build.requested`` → a stored liveimg and ``image.built``, or ``build.failed``.
+    Builds one at a time (the queue's prefetch is 1)."""
 
     def __init__(
         self,
@@ -73,7 +83,6 @@ class BuildHandler:
         store: LocalArtifactStore,
         backends: dict[str, Backend],
         *,
-        publish: Callable[[fm_message.Message], None],
         topic_prefix: str,
         metrics: BuildMetrics,
         clock: Callable[[], datetime] = lambda: datetime.now(tz=UTC),
@@ -81,27 +90,28 @@ class BuildHandler:
         self.config = config
         self.store = store
         self.backends = backends
-        self.publish = publish
         self.prefix = topic_prefix
         self.metrics = metrics
         self.clock = clock
 
-    def __call__(self, msg: BuildRequestedV1) -> None:
-        req: p.BuildRequested = msg.payload
-        previous = self.store.read_record(BUILDS, req.build_id)
-        if previous is not None:
-            built = p.ImageBuilt.model_validate_json(previous)
-            log.info(
-                "build_id=%s already built as %s: publishing image.built again",
-                req.build_id,
-                release_name(built.name, built.version),
-            )
-            self.publish(ImageBuiltV1.from_payload(built, self.prefix))
-            return
-        workdir = self.config.work_dir / req.build_id
-        remove_tree(workdir)  # a crashed earlier attempt
-        workdir.mkdir(parents=True, mode=0o700)
-        log_path = workdir / "build.log"
+    def key(self, payload: p.BuildRequested) -> str:
+        return payload.build_id
+
+    def replay(self, payload: p.BuildRequested) -> fm_message.Message | None:
+        previous = self.store.read_record(BUILDS, payload.build_id)
+        if previous is None:
+            return None
+        built = p.ImageBuilt.model_validate_json(previous)
+        log.info(
+            "build_id=%s already built as %s",
+            payload.build_id,
+            release_name(built.name, built.version),
+        )
+        return ImageBuiltV1.from_payload(built, self.prefix)
+
+    def run(self, payload: p.BuildRequested, workdir: Path) -> fm_message.Message:
+        req = payload
+        log_path = workdir / BUILD_LOG
         started = time.monotonic()
         progress = _Progress()
         try:
@@ -115,26 +125,46 @@ class BuildHandler:
                 except ImglineError as exc:
                     build_log.write(f"# FAILED in {progress.stage}: {exc}\n")
                     raise
-            built = built.model_copy(update={"log_url": self._store_log(req.build_id, log_path)})
-            self.store.write_record(BUILDS, req.build_id, built.model_dump_json().encode())
-            self.publish(ImageBuiltV1.from_payload(built, self.prefix))
-            self.metrics.builds.labels(req.backend, "built").inc()
-            self.metrics.seconds.labels(req.backend).observe(time.monotonic() - started)
-            log.info(
-                "build_id=%s built %s in %.0fs",
-                req.build_id,
-                release_name(built.name, built.version),
-                built.duration_seconds,
-            )
         except TransientError:
             self._store_log(req.build_id, log_path)
             self.metrics.builds.labels(req.backend, "retried").inc()
             raise
-        except (PermanentError, CommandError, liveimg.LiveImgError) as exc:
-            self._fail(req, exc, progress.stage, log_path)
-        finally:
-            if not self.config.keep_workdir:
-                remove_tree(workdir)
+        except PermanentError as exc:
+            raise BuildFailure(progress.stage, exc) from exc
+        built = built.model_copy(update={"log_url": self._store_log(req.build_id, log_path)})
+        self.store.write_record(BUILDS, req.build_id, built.model_dump_json().encode())
+        self.metrics.builds.labels(req.backend, "built").inc()
+        self.metrics.seconds.labels(req.backend).observe(time.monotonic() - started)
+        log.info(
+            "build_id=%s built %s in %.0fs",
+            req.build_id,
+            release_name(built.name, built.version),
+            built.duration_seconds,
+        )
+        return ImageBuiltV1.from_payload(built, self.prefix)
+
+    def failed(
+        self, payload: p.BuildRequested, error: PermanentError, workdir: Path
+    ) -> fm_message.Message:
+        """``build.failed`` with the stage, the kickstart line when one is to blame, and the
+        build log so far."""
+        stage, cause = (
+            (error.stage, error.cause) if isinstance(error, BuildFailure) else ("fetch", error)
+        )
+        req = payload
+        line = getattr(cause, "line", None)
+        log.error("build_id=%s failed in %s: %s", req.build_id, stage, cause)
+        failed = p.BuildFailed(
+            request_id=req.request_id,
+            build_id=req.build_id,
+            name=req.name,
+            stage=stage,  # type: ignore[arg-type]
+            error=str(cause)[:8000] or type(cause).__name__,
+            kickstart_line=line if isinstance(line, int) and line > 0 else None,
+            log_url=self._store_log(req.build_id, workdir / BUILD_LOG),
+        )
+        self.metrics.builds.labels(req.backend, "failed").inc()
+        return BuildFailedV1.from_payload(failed, self.prefix)
 
     def _build(
         self,
@@ -262,21 +292,6 @@ class BuildHandler:
         self.store.write_record(LOGS, f"{build_id}.log", data)
         return self.store.record_uri(LOGS, f"{build_id}.log")
 
-    def _fail(self, req: p.BuildRequested, exc: Exception, stage: str, log_path: Path) -> None:
-        line = getattr(exc, "line", None)
-        log.error("build_id=%s failed in %s: %s", req.build_id, stage, exc)
-        failed = p.BuildFailed(
-            request_id=req.request_id,
-            build_id=req.build_id,
-            name=req.name,
-            stage=stage,  # type: ignore[arg-type]
-            error=str(exc)[:8000] or type(exc).__name__,
-            kickstart_line=line if isinstance(line, int) and line > 0 else None,
-            log_url=self._store_log(req.build_id, log_path),
-        )
-        self.publish(BuildFailedV1.from_payload(failed, self.prefix))
-        self.metrics.builds.labels(req.backend, "failed").inc()
-
 
 def _describe_boot(tree: Path, meta: dict[str, Any]) -> None:
     """Record the kernel and initramfs paths in image.json: the tester boots with them."""
@@ -293,3 +308,27 @@ def _describe_boot(tree: Path, meta: dict[str, Any]) -> None:
     meta["kernel_version"] = kver
     meta["boot_args"] = "root=live:/dev/vda rd.live.image"
     json.dumps(meta)  # must stay serialisable
+
+
+def build_handler(
+    config: BuilderConfig,
+    store: LocalArtifactStore,
+    backends: dict[str, Backend],
+    *,
+    publish: Callable[[fm_message.Message], None],
+    topic_prefix: str,
+    metrics: BuildMetrics,
+    clock: Callable[[], datetime] = lambda: datetime.now(tz=UTC),
+) -> StageHandler[p.BuildRequested]:
+    """The builder's consumer handler: ``BuildStage`` in the shared skeleton, locked per
+    build_id in the store, so two builders sharing it never build the same build at once."""
+    stage = BuildStage(
+        config, store, backends, topic_prefix=topic_prefix, metrics=metrics, clock=clock
+    )
+    return StageHandler(
+        stage,
+        work_dir=config.work_dir,
+        lock_dir=store.root / LOCKS,
+        publish=publish,
+        keep_workdir=config.keep_workdir,
+    )

@@ -14,13 +14,14 @@ from pathlib import Path
 from imgline.core import logs
 from imgline.core.artifacts import LocalArtifactStore
 from imgline.core.bus import Consumer
+from imgline.core.bus.stage import StageHandler
 from imgline.core.config import BusSettings, load_settings
 from imgline.core.errors import ConfigError, ImglineError
 from imgline.core.service import run_service, service_config
 from imgline.core.trust.keys import KeyDir
 from imgline.publisher import http
 from imgline.publisher.adapters.repo import Repository
-from imgline.publisher.handlers import PublishHandler, PublishMetrics
+from imgline.publisher.handlers import PublishMetrics, PublishStage, StoreVerdicts
 from imgline.publisher.settings import PublisherConfig
 from imgline.schemas.messages import ImageTestedV1
 
@@ -77,13 +78,18 @@ def build_consumer(settings: BusSettings) -> Consumer:
     repository = make_repository(config)
     consumer = Consumer(settings, url)
     RefreshTimer(repository, config.refresh_interval_seconds).start()
-    handler = PublishHandler(
+    stage = PublishStage(
         config,
         repository,
-        LocalArtifactStore(config.store_dir),
-        publish=consumer.publisher.publish,
+        StoreVerdicts(LocalArtifactStore(config.store_dir)),
         topic_prefix=settings.topic_prefix,
         metrics=PublishMetrics(consumer.metrics.registry),
+    )
+    handler = StageHandler(
+        stage,
+        work_dir=config.work_dir,
+        lock_dir=config.work_dir / ".locks",
+        publish=consumer.publisher.publish,
     )
     consumer.on(ImageTestedV1, handler)
     return consumer

@@ -6,12 +6,13 @@ import logging
 
 from imgline.core.artifacts import LocalArtifactStore
 from imgline.core.bus import Consumer
+from imgline.core.bus.stage import LOCKS, StageHandler
 from imgline.core.config import BusSettings
 from imgline.core.errors import ConfigError
 from imgline.core.service import run_service, service_config
 from imgline.schemas.messages import ImageBuiltV1
 from imgline.tester.domain.plan import default_plan, load_plan
-from imgline.tester.handlers import TestHandler, TestMetrics
+from imgline.tester.handlers import ImageChecks, TestMetrics, TestStage
 from imgline.tester.settings import TesterConfig
 
 log = logging.getLogger("imgline.tester")
@@ -29,13 +30,21 @@ def build_consumer(settings: BusSettings) -> Consumer:
             raise ConfigError(f"test plan {config.plan_file}: {exc}") from exc
         plan = load_plan(text, str(config.plan_file))
     consumer = Consumer(settings, url)
-    handler = TestHandler(
+    store = LocalArtifactStore(config.store_dir)
+    stage = TestStage(
         config,
-        LocalArtifactStore(config.store_dir),
+        store,
         plan,
-        publish=consumer.publisher.publish,
+        ImageChecks(config),
         topic_prefix=settings.topic_prefix,
         metrics=TestMetrics(consumer.metrics.registry),
+    )
+    handler = StageHandler(
+        stage,
+        work_dir=config.work_dir,
+        lock_dir=store.root / LOCKS,
+        publish=consumer.publisher.publish,
+        keep_workdir=config.keep_workdir,
     )
     consumer.on(ImageBuiltV1, handler)
     return consumer

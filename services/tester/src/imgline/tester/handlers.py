@@ -1,36 +1,41 @@
 """``image.built`` → checks, cheapest first → JUnit report → ``image.tested``.
 
-An image that fails its checks is a normal outcome (``image.tested`` with ``passed: false``);
-only trouble that may pass (the artefact could not be downloaded) is retried.
+An image that fails its checks is a normal outcome (``image.tested`` with ``passed: false``).
+So is a message whose artefact cannot be read (outside the store, missing): a failed
+``image.tested`` naming the error. Only trouble that may pass (a download that timed out) is
+retried. The verdict is stored under the build and the bytes tested (``imgline.core.verdicts``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from fedora_messaging import message as fm_message
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from imgline.core import verdicts
 from imgline.core.artifacts import LocalArtifactStore
+from imgline.core.errors import PermanentError
 from imgline.core.fetch import local_path
-from imgline.core.fsutil import remove_tree
 from imgline.schemas import payloads as p
-from imgline.schemas.messages import ImageBuiltV1, ImageTestedV1
+from imgline.schemas.messages import ImageTestedV1
 from imgline.tester.adapters.boot import boot_check
 from imgline.tester.adapters.image import run_sanity
 from imgline.tester.domain.junit import to_junit_xml
-from imgline.tester.domain.plan import TestPlanFile, resolve
+from imgline.tester.domain.plan import Expectations, TestPlanFile, resolve
 from imgline.tester.domain.results import CheckResult, skipped, verdict
+from imgline.tester.ports import Checks
 from imgline.tester.settings import TesterConfig
 
 log = logging.getLogger(__name__)
 
 REPORTS = "reports"  # records: <key>.xml, <key>.log, <key>.<attachment>; key: verdicts.key
 DETAIL_LIMIT = 4000
+#: The result a permanent error (an artefact that cannot be read) is reported as.
+TESTER_ERROR = "tester.error"
 
 
 class TestMetrics:
@@ -54,45 +59,76 @@ class TestMetrics:
         )
 
 
-class TestHandler:
-    """Tests one image at a time (the queue's prefetch is 1: boots are heavy)."""
+class ImageChecks:
+    """The real ``Checks``: integrity and content with the image tools, then the live boot."""
 
-    __test__ = False
+    def __init__(self, config: TesterConfig) -> None:
+        self.config = config
+
+    def run(
+        self,
+        image: Path,
+        built: p.ImageBuilt,
+        expectations: Expectations,
+        workdir: Path,
+        log: IO[str],
+    ) -> list[CheckResult]:
+        boot_dir, ref = workdir / "boot", built.ref()
+        results, meta = run_sanity(image, ref, expectations, workdir, log, boot_dir=boot_dir)
+        boot = expectations.boot
+        if not boot.enabled:
+            results.append(skipped("boot.live", "boot check disabled by the test plan"))
+        elif any(r.name.startswith("integrity.") and not r.ok for r in results):
+            results.append(skipped("boot.live", "image integrity failed: nothing to boot"))
+        else:
+            results += boot_check(
+                image,
+                meta or {},
+                boot,
+                workdir,
+                log,
+                expected=ref,
+                units=expectations.services,
+                boot_dir=boot_dir,
+                accel=self.config.accel,
+            )
+        return results
+
+
+class TestStage:
+    """One ``image.built`` → checks → a stored verdict, reports and ``image.tested``. Tests one
+    image at a time (the queue's prefetch is 1: boots are heavy)."""
+
+    __test__ = False  # not a pytest class
 
     def __init__(
         self,
         config: TesterConfig,
         store: LocalArtifactStore,
         plan: TestPlanFile,
+        checks: Checks,
         *,
-        publish: Callable[[fm_message.Message], None],
         topic_prefix: str,
         metrics: TestMetrics,
     ) -> None:
         self.config = config
         self.store = store
         self.plan = plan
-        self.publish = publish
+        self.checks = checks
         self.prefix = topic_prefix
         self.metrics = metrics
 
-    def __call__(self, msg: ImageBuiltV1) -> None:
-        built: p.ImageBuilt = msg.payload
-        tested = verdicts.read(self.store, built.build_id, built.artifact.sha256)
-        if tested is not None:
-            log.info("build_id=%s already tested: publishing image.tested again", built.build_id)
-            self.publish(ImageTestedV1.from_payload(tested, self.prefix))
-            return
-        workdir = self.config.work_dir / built.build_id
-        remove_tree(workdir)
-        workdir.mkdir(parents=True, mode=0o700)
-        try:
-            tested = self._test(built, workdir)
-        finally:
-            if not self.config.keep_workdir:
-                remove_tree(workdir)
+    def key(self, payload: p.ImageBuilt) -> str:
+        return verdicts.key(payload.build_id, payload.artifact.sha256)
+
+    def replay(self, payload: p.ImageBuilt) -> fm_message.Message | None:
+        tested = verdicts.read(self.store, payload.build_id, payload.artifact.sha256)
+        return None if tested is None else ImageTestedV1.from_payload(tested, self.prefix)
+
+    def run(self, payload: p.ImageBuilt, workdir: Path) -> fm_message.Message:
+        built = payload
+        tested = self._test(built, workdir)
         verdicts.write(self.store, tested)
-        self.publish(ImageTestedV1.from_payload(tested, self.prefix))
         self.metrics.images.labels("passed" if tested.passed else "failed").inc()
         log.info(
             "build_id=%s %s-%s %s: %s",
@@ -102,6 +138,28 @@ class TestHandler:
             "passed" if tested.passed else "FAILED",
             ", ".join(f"{r.name}={r.status}" for r in tested.results),
         )
+        return ImageTestedV1.from_payload(tested, self.prefix)
+
+    def failed(
+        self, payload: p.ImageBuilt, error: PermanentError, workdir: Path
+    ) -> fm_message.Message:
+        """A failed ``image.tested`` naming the error. Not stored as the verdict: it is about
+        this message (an artefact that cannot be read), not about the image's bytes."""
+        self.metrics.images.labels("error").inc()
+        tested = p.ImageTested(
+            build_id=payload.build_id,
+            image=payload.ref(),
+            passed=False,
+            results=[
+                p.TestResult(
+                    name=TESTER_ERROR,
+                    status="error",
+                    duration_seconds=0.0,
+                    detail=str(error)[:DETAIL_LIMIT],
+                )
+            ],
+        )
+        return ImageTestedV1.from_payload(tested, self.prefix)
 
     def _test(self, built: p.ImageBuilt, workdir: Path) -> p.ImageTested:
         expectations = resolve(self.plan, built.name, built.stream)
@@ -115,27 +173,7 @@ class TestHandler:
                 size=built.artifact.size,
                 deadline_seconds=self.config.download_deadline_seconds,
             )
-            boot_dir = workdir / "boot"
-            results, meta = run_sanity(
-                image, built.ref(), expectations, workdir, test_log, boot_dir=boot_dir
-            )
-            boot = expectations.boot
-            if not boot.enabled:
-                results.append(skipped("boot.live", "boot check disabled by the test plan"))
-            elif any(r.name.startswith("integrity.") and not r.ok for r in results):
-                results.append(skipped("boot.live", "image integrity failed: nothing to boot"))
-            else:
-                results += boot_check(
-                    image,
-                    meta or {},
-                    boot,
-                    workdir,
-                    test_log,
-                    expected=built.ref(),
-                    units=expectations.services,
-                    boot_dir=boot_dir,
-                    accel=self.config.accel,
-                )
+            results = self.checks.run(image, built, expectations, workdir, test_log)
         for r in results:
             self.metrics.checks.labels(r.name, r.status).inc()
             self.metrics.check_seconds.labels(r.name).observe(r.duration_seconds)

@@ -40,7 +40,13 @@ from imgline.core.trust.errors import TrustError
 from imgline.core.trust.keys import KeyDir
 from imgline.core.trust.repository import State, TufRepository
 from imgline.publisher.domain import installks, release, retention
-from imgline.publisher.errors import IntegrityError, PublisherError, RetiredError
+from imgline.publisher.errors import (
+    IntegrityError,
+    ReleaseError,
+    RepositoryConfigError,
+    RepositoryError,
+    RetiredError,
+)
 from imgline.schemas import payloads as p
 
 log = logging.getLogger(__name__)
@@ -78,7 +84,7 @@ class Ledger:
         except FileNotFoundError:
             return None
         except ValidationError as exc:
-            raise PublisherError(f"ledger entry {path} is damaged: {exc}") from None
+            raise RepositoryError(f"ledger entry {path} is damaged: {exc}") from None
 
     def put(self, record: LedgerRecord) -> None:
         path = self._path(record.name, record.version)
@@ -118,10 +124,10 @@ class Repository:
     ) -> None:
         self.keep_per_stream = dict(keep_per_stream or {})
         if min([keep, *self.keep_per_stream.values()]) < 1:
-            raise PublisherError("retention must keep at least one release per image")
+            raise RepositoryConfigError("retention must keep at least one release per image")
         self.tuf = TufRepository(root, keys, expiry=expiry, clock=clock)
         if not self.tuf.exists():
-            raise PublisherError(
+            raise RepositoryConfigError(
                 f"no repository at {root}: create it once with "
                 f"`imgline repo init {root} --keys {keys.directory} --root-keys <offline dir>`"
             )
@@ -146,7 +152,7 @@ class Repository:
         try:
             return self.tuf.load()
         except TrustError as exc:
-            raise PublisherError(
+            raise RepositoryError(
                 f"the repository at {self.root} does not verify ({exc}); refusing to publish "
                 "over it: restore it from backup"
             ) from exc
@@ -165,7 +171,7 @@ class Repository:
         path = self._file_of(info)
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != info.hashes["sha256"]:
-            raise PublisherError(f"{path} does not match its signed hash: restore it")
+            raise RepositoryError(f"{path} does not match its signed hash: restore it")
         return data
 
     # --- publishing -------------------------------------------------------------------------
@@ -173,13 +179,13 @@ class Repository:
     def publish(self, tested: p.ImageTested, image_file: Path) -> Published:
         """Put a tested image into its stream; idempotent per (name, version, build_id)."""
         if not tested.passed:
-            raise PublisherError(f"build {tested.build_id} did not pass its tests: not published")
+            raise ReleaseError(f"build {tested.build_id} did not pass its tests: not published")
         img = tested.image
         with self.tuf.locked():
             self._clean_leftovers()
             record = self.ledger.get(img.name, img.version)
             if record is not None and record.build_id != tested.build_id:
-                raise PublisherError(
+                raise ReleaseError(
                     f"{img.name}-{img.version} was published from build {record.build_id}, not "
                     f"{tested.build_id}: a version is never reused, build a new one"
                 )
@@ -355,7 +361,11 @@ class Repository:
         try:
             return self.tuf.refresh()
         except TrustError as exc:
-            raise PublisherError(f"cannot re-sign the repository: {exc}") from exc
+            raise RepositoryError(f"cannot re-sign the repository: {exc}") from exc
+
+    def announce(self, build_id: str, done: Published) -> p.ImagePublished:
+        """``image.published`` for ``done`` (see ``published_event``)."""
+        return published_event(self, build_id, done)
 
     def _clean_leftovers(self) -> None:
         """``.tmp-*`` files an interrupted publish left (never listed; safe under the lock)."""

@@ -30,7 +30,7 @@ from pykickstart.errors import KickstartError  # type: ignore[import-untyped]
 from pykickstart.parser import KickstartParser  # type: ignore[import-untyped]
 from pykickstart.version import RHEL9, makeVersion  # type: ignore[import-untyped]
 
-from imgline.publisher.errors import PublisherError
+from imgline.publisher.errors import ReleaseError
 
 VOLUME_GROUP = "imgline"
 THIN_POOL = "pool"  # imgline-updater install names it the same (docs/updater.md)
@@ -134,13 +134,13 @@ ROOT
 
 
 def validate(text: str, syntax: int = RHEL9) -> None:
-    """Parse ``text`` as anaconda would; raise ``PublisherError`` with the line on a problem."""
+    """Parse ``text`` as anaconda would; raise ``ReleaseError`` with the line on a problem."""
     handler = makeVersion(syntax)
     parser = KickstartParser(handler, missingIncludeIsFatal=True)
     try:
         with redirect_stderr(io.StringIO()):
             parser.readKickstartFromString(text)
     except KickstartError as exc:
-        raise PublisherError(f"generated install.ks is not valid kickstart: {exc}") from exc
+        raise ReleaseError(f"generated install.ks is not valid kickstart: {exc}") from exc
     if not handler.liveimg.seen or not handler.liveimg.checksum:
-        raise PublisherError("generated install.ks has no liveimg --url/--checksum")
+        raise ReleaseError("generated install.ks has no liveimg --url/--checksum")

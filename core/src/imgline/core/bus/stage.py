@@ -1,0 +1,127 @@
+"""The one shape of every pipeline handler: replay a stored result, else do the work once, in a
+scratch directory, under a lock per work key, and always end in an event.
+
+Delivery is at-least-once, and several instances of a service may share a store. So before
+working, a stage looks for the result it stored last time and, if there is one, announces it
+again (``replay``): this is imgline's one idempotency mechanism. The work runs under an
+exclusive lock per key (a build, a verdict), so two instances never do the same work at once;
+the second one is told to retry and then finds the first one's result.
+
+The error model (docs/architecture.md, "Errors"): a ``PermanentError`` is an outcome, not a
+crash. The stage turns it into its failure event (``build.failed``, a failed ``image.tested``,
+``image.rejected``) and the message is acknowledged. A ``TransientError`` propagates, so the
+consumer retries the message until its delivery limit. Only messages that cannot be decoded,
+or whose retries ran out, are dead-lettered.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from fedora_messaging import message as fm_message
+
+from imgline.core.errors import PermanentError, TransientError
+from imgline.core.fsutil import remove_tree
+
+log = logging.getLogger(__name__)
+
+P_contra = TypeVar("P_contra", contravariant=True)
+PayloadT = TypeVar("PayloadT")
+
+Publish = Callable[[fm_message.Message], None]
+
+#: Where stages that share an artifact store keep their locks (``<store>/.locks``): a dot
+#: name, so it can never be a record namespace.
+LOCKS = ".locks"
+
+
+class Stage(Protocol[P_contra]):
+    """What differs between the services: where to look for a stored result, the work, and
+    the event a permanent failure ends in."""
+
+    def key(self, payload: P_contra) -> str:
+        """Names the work: its lock and its scratch directory (a safe file name)."""
+        ...
+
+    def replay(self, payload: P_contra) -> fm_message.Message | None:
+        """The event for a result stored by an earlier delivery, or None."""
+        ...
+
+    def run(self, payload: P_contra, workdir: Path) -> fm_message.Message | None:
+        """Do the work in ``workdir`` (empty, private); store the result; return its event
+        (None only when there is truly nothing to announce, e.g. a long-retired release)."""
+        ...
+
+    def failed(self, payload: P_contra, error: PermanentError, workdir: Path) -> fm_message.Message:
+        """The failure event for ``error`` (``workdir`` still holds what ``run`` left)."""
+        ...
+
+
+@contextmanager
+def exclusive(lock_dir: Path, key: str) -> Iterator[None]:
+    """Hold ``<lock_dir>/<key>.lock`` for the block, or raise ``TransientError`` at once when
+    another process holds it. The kernel drops the lock when its holder dies."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_dir / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise TransientError(
+                f"{key} is being worked on by another instance: retrying later"
+            ) from exc
+        yield
+    finally:
+        os.close(fd)
+
+
+class StageHandler(Generic[PayloadT]):
+    """A consumer handler (``Consumer.on(cls, handler)``) that runs ``stage`` for a message."""
+
+    def __init__(
+        self,
+        stage: Stage[PayloadT],
+        *,
+        work_dir: Path,
+        lock_dir: Path,
+        publish: Publish,
+        keep_workdir: bool = False,
+    ) -> None:
+        self.stage = stage
+        self.work_dir = work_dir
+        self.lock_dir = lock_dir
+        self.publish = publish
+        self.keep_workdir = keep_workdir
+
+    def __call__(self, msg: Any) -> None:
+        payload: PayloadT = msg.payload
+        event = self.stage.replay(payload)
+        if event is None:
+            key = self.stage.key(payload)
+            with exclusive(self.lock_dir, key):
+                # another instance may have finished while this delivery waited
+                event = self.stage.replay(payload) or self._work(payload, key)
+        else:
+            log.info("%s: result stored by an earlier delivery, announced again", event.topic)
+        if event is not None:
+            self.publish(event)
+
+    def _work(self, payload: PayloadT, key: str) -> fm_message.Message | None:
+        workdir = self.work_dir / key
+        remove_tree(workdir)  # what a crashed earlier attempt left
+        workdir.mkdir(parents=True, mode=0o700)
+        try:
+            try:
+                return self.stage.run(payload, workdir)
+            except PermanentError as exc:
+                log.warning("%s failed for good: %s", key, exc)
+                return self.stage.failed(payload, exc, workdir)
+        finally:
+            if not self.keep_workdir:
+                remove_tree(workdir)
