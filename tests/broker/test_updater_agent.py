@@ -19,6 +19,8 @@ from bushelpers import ServiceProcess, queue_depth, service_process, wait_for
 from fakehost import FakeHost, forged
 from tufrepo import make_tested
 
+from imgline.core import verdicts
+from imgline.core.artifacts import LocalArtifactStore
 from imgline.core.bus import topology
 from imgline.core.config import BusSettings
 from imgline.core.trust.repository import TufRepository
@@ -39,6 +41,7 @@ def publisher(
 ) -> Iterator[ServiceProcess]:
     """imgline-publisher as its own process, as deployed; its events land on ``svc.watch``."""
     config = {
+        "store_dir": str(tmp_path / "store"),
         "repo_dir": str(repo.root_dir),
         "keys_dir": str(repo.keys.directory),
         "work_dir": str(tmp_path / "work"),
@@ -53,6 +56,15 @@ def publisher(
         consumer_config=config,
     ) as svc:
         yield svc
+
+
+def tested_by_the_tester(tmp: Path, version: str, **kw: Any) -> p.ImageTested:
+    """An image and its verdict in the publisher's store, as the builder and tester leave them."""
+    tested, image = make_tested(tmp, version, **kw)
+    store = LocalArtifactStore(tmp / "store")
+    store.put_file(image)
+    verdicts.write(store, tested)
+    return tested
 
 
 def agent_bus(svc: ServiceProcess, amqp_url: str) -> BusSettings:
@@ -148,7 +160,7 @@ def test_a_published_release_is_applied_by_its_streams_hosts_only(
         wait_for(lambda: host.views >= 1, what="the agent's start check")
         assert host.applied == []  # nothing published yet
 
-        tested, _image = make_tested(tmp_path, NEW, stream="stable", size=2 << 20)
+        tested = tested_by_the_tester(tmp_path, NEW, stream="stable", size=2 << 20)
         svc.publish(ImageTestedV1.from_payload(tested))
         announced = svc.wait_event(60)
         assert (announced["version"], announced["stream"]) == (NEW, "stable")
@@ -179,7 +191,7 @@ def test_a_published_release_is_applied_by_its_streams_hosts_only(
         assert host.reboots == 1
 
     # a beta release does reach the beta host's queue: the binding is not merely empty
-    beta_tested, _ = make_tested(tmp_path, BETA, stream="beta", size=1 << 20)
+    beta_tested = tested_by_the_tester(tmp_path, BETA, stream="beta", size=1 << 20)
     svc.publish(ImageTestedV1.from_payload(beta_tested))
     assert svc.wait_event(60)["stream"] == "beta"
     wait_for(lambda: queue_depth(amqp_url, beta_queue) == 1, what="the beta hint")

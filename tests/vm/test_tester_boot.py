@@ -38,9 +38,19 @@ NodeImage = tuple[p.ImageBuilt, LocalArtifactStore]
 def test_node_image_passes_every_check_through_the_broker(
     amqp_url: str, tmp_path: Path, node_image: NodeImage
 ) -> None:
-    built, _ = node_image
-    reports = tmp_path / "reports"
-    config = {"store_dir": str(reports), "work_dir": str(tmp_path / "work"), "plan_file": str(PLAN)}
+    cached, cache = node_image
+    # a store of its own, as the builder would leave it: a verdict in the cached store would
+    # be replayed by the next run instead of booting again
+    store = LocalArtifactStore(tmp_path / "store")
+    art = store.put_file(cache.path_for(cached.artifact.sha256))
+    built = cached.model_copy(
+        update={"artifact": cached.artifact.model_copy(update={"uri": art.uri})}
+    )
+    config = {
+        "store_dir": str(store.root),
+        "work_dir": str(tmp_path / "work"),
+        "plan_file": str(PLAN),
+    }
     with service_process(
         "tester",
         amqp_url,
@@ -79,19 +89,19 @@ def test_node_image_passes_every_check_through_the_broker(
     assert results["boot.system"].detail == "running"
     assert results["boot.unit:ssh.service"].detail == "active"
     assert "answers with this image's image.json" in results["boot.network"].detail
-    store = LocalArtifactStore(reports)
-    console = store.read_record("reports", f"{built.build_id}.console.log")
+    key = f"{built.build_id}.{built.artifact.sha256}"  # reports belong to the bytes tested
+    console = store.read_record("reports", f"{key}.console.log")
     assert console is not None
     assert f"IMGLINE-PAYLOAD-READY {built.version}".encode() in console
-    assert tested.report_url == store.record_uri("reports", f"{built.build_id}.xml")
-    xml = store.read_record("reports", f"{built.build_id}.xml")
+    assert tested.report_url == store.record_uri("reports", f"{key}.xml")
+    xml = store.read_record("reports", f"{key}.xml")
     assert xml is not None
     suite = ET.fromstring(xml).find("testsuite")  # noqa: S314 - our own output
     assert suite is not None and suite.get("failures") == "0"
     cases = {(c.get("classname"), c.get("name")) for c in suite.iter("testcase")}
     boot = "imgline.node.boot"
     assert {(boot, "unit:ssh.service"), (boot, "failed-units"), (boot, "network")} <= cases
-    checks = store.read_record("reports", f"{built.build_id}.checks.log")
+    checks = store.read_record("reports", f"{key}.checks.log")
     assert checks is not None and b"IMGLINE-CHECK-END 0" in checks
 
 
