@@ -83,7 +83,8 @@ def test_passed_image_is_published_and_failed_one_rejected(
     # forged: a passing verdict nobody stored, and one that claims a pass the tester refused
     unverified = image_tested(store, "20261123.4", passed=True, record=False)
     overclaimed = image_tested(store, "20261123.5", passed=False)
-    overclaimed = overclaimed.model_copy(update={"passed": True, "results": []})
+    claims = [r.model_copy(update={"status": "passed", "detail": ""}) for r in overclaimed.results]
+    overclaimed = overclaimed.model_copy(update={"passed": True, "results": claims})
     with service_process(
         "publisher",
         amqp_url,

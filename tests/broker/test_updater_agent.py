@@ -58,7 +58,7 @@ def publisher(
         yield svc
 
 
-def tested_by_the_tester(tmp: Path, version: str, **kw: Any) -> p.ImageTested:
+def release_with_verdict(tmp: Path, version: str, **kw: Any) -> p.ImageTested:
     """An image and its verdict in the publisher's store, as the builder and tester leave them."""
     tested, image = make_tested(tmp, version, **kw)
     store = LocalArtifactStore(tmp / "store")
@@ -160,7 +160,7 @@ def test_a_published_release_is_applied_by_its_streams_hosts_only(
         wait_for(lambda: host.views >= 1, what="the agent's start check")
         assert host.applied == []  # nothing published yet
 
-        tested = tested_by_the_tester(tmp_path, NEW, stream="stable", size=2 << 20)
+        tested = release_with_verdict(tmp_path, NEW, stream="stable", size=2 << 20)
         svc.publish(ImageTestedV1.from_payload(tested))
         announced = svc.wait_event(60)
         assert (announced["version"], announced["stream"]) == (NEW, "stable")
@@ -191,7 +191,7 @@ def test_a_published_release_is_applied_by_its_streams_hosts_only(
         assert host.reboots == 1
 
     # a beta release does reach the beta host's queue: the binding is not merely empty
-    beta_tested = tested_by_the_tester(tmp_path, BETA, stream="beta", size=1 << 20)
+    beta_tested = release_with_verdict(tmp_path, BETA, stream="beta", size=1 << 20)
     svc.publish(ImageTestedV1.from_payload(beta_tested))
     assert svc.wait_event(60)["stream"] == "beta"
     wait_for(lambda: queue_depth(amqp_url, beta_queue) == 1, what="the beta hint")

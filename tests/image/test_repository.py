@@ -29,7 +29,7 @@ from imgline.publisher import http
 from imgline.publisher.adapters.repo import Repository
 from imgline.publisher.domain import release
 from imgline.publisher.domain.installks import validate
-from imgline.publisher.errors import IntegrityError, PublisherError, RetiredError
+from imgline.publisher.errors import IntegrityError, PublisherError, ReleaseError, RetiredError
 
 pytestmark = pytest.mark.image
 
@@ -233,7 +233,7 @@ def test_retention_drops_from_the_list_then_deletes_when_expired(
 @pytest.mark.parametrize(
     ("case", "error", "match"),
     [
-        ("failed", PublisherError, "did not pass its tests"),
+        ("failed", ReleaseError, "did not pass its tests"),
         ("rewritten", IntegrityError, "not the one tested: .*corrupt or was replaced"),
         ("truncated", IntegrityError, "not the one tested: .*truncated"),
     ],
