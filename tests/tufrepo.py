@@ -66,9 +66,10 @@ def make_tested(
         source_commit="c0ffee" * 6 + "abcd",
     )
     results = [
+        p.TestResult(name="content.image_json", status="passed", duration_seconds=0.1),
         p.TestResult(
             name="boot.live", status="passed" if passed else "failed", duration_seconds=1.0
-        )
+        ),
     ]
     tested = p.ImageTested(
         build_id=ref.build_id,

@@ -39,6 +39,7 @@ def image_tested(
     )
     results = [
         p.TestResult(name="integrity.sha256", status="passed", duration_seconds=0.1),
+        p.TestResult(name="content.image_json", status="passed", duration_seconds=0.1),
         p.TestResult(
             name="boot.live",
             status="passed" if passed else "failed",

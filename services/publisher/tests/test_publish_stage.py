@@ -40,6 +40,7 @@ def image_tested(
     )
     results = [
         p.TestResult(name="integrity.sha256", status="passed", duration_seconds=0.1),
+        p.TestResult(name="content.image_json", status="passed", duration_seconds=0.1),
         p.TestResult(
             name="boot.live",
             status="passed" if passed else "failed",
@@ -145,6 +146,18 @@ def test_the_stored_verdict_wins_over_the_message(tmp_path: Path) -> None:
     rejected = only(sent, ImageRejectedV1)
     assert rejected.failed_checks == ["boot.live"]
     assert "no marker" in rejected.reason
+    assert releases.published == []
+
+
+def test_a_pass_without_the_identity_check_is_rejected(tmp_path: Path) -> None:
+    """Only the tester's content.image_json shows the bytes are the build the message names:
+    without it passed, the name, version and stream are not signed."""
+    t = image_tested()
+    unchecked = t.model_copy(
+        update={"results": [r for r in t.results if r.name != "content.image_json"]}
+    )
+    sent, releases = run(tmp_path, unchecked, unchecked)
+    assert "no passed content.image_json" in only(sent, ImageRejectedV1).reason
     assert releases.published == []
 
 

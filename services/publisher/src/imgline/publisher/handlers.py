@@ -27,6 +27,10 @@ from imgline.schemas.messages import ImagePublishedV1, ImageRejectedV1
 
 log = logging.getLogger(__name__)
 
+#: The tester's check that the image's own image.json names the build the message names: the
+#: publisher signs a name, version and stream only when this check passed.
+IDENTITY_CHECK = "content.image_json"
+
 
 class PublishMetrics:
     """Dashboard view: releases published and rejected, and each stream role's version."""
@@ -90,6 +94,14 @@ class PublishStage:
         tested = self._verdict(payload)
         if not tested.passed:
             return self._reject(tested, release.rejection_reason(tested), "tests")
+        if not any(r.name == IDENTITY_CHECK and r.status == "passed" for r in tested.results):
+            return self._reject(
+                tested,
+                f"the verdict has no passed {IDENTITY_CHECK}: nothing showed that the image is "
+                "the build it claims to be (name, version, stream, build id); enable the check "
+                "in the test plan",
+                "identity",
+            )
         img = tested.image
         image_file = self._image(img, workdir)
         try:
