@@ -9,9 +9,21 @@ import ssl
 from urllib.parse import urlsplit
 
 import pika
+import pika.exceptions
 
 from imgline.core.config import BusSettings
 from imgline.core.errors import ConfigError
+
+#: AMQP reply codes the bus code acts on: a user lacks a permission; a name does not exist.
+ACCESS_REFUSED = 403
+NOT_FOUND = 404
+
+#: A connection or channel that is gone, whatever the cause (including TLS): reconnect.
+CONNECTION_ERRORS = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.AMQPChannelError,
+    ssl.SSLError,
+)
 
 
 def tls_context(settings: BusSettings) -> ssl.SSLContext:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from pika.spec import Basic, BasicProperties
 
 from imgline.core.bus import policy, topology
-from imgline.core.bus.connection import connection_parameters
+from imgline.core.bus.connection import CONNECTION_ERRORS, connection_parameters
 from imgline.core.bus.metrics import BusMetrics
 from imgline.core.bus.publisher import Publisher
 from imgline.core.config import BusSettings
@@ -45,11 +44,9 @@ ATTEMPTS_HEADER = "x-imgline-attempts"
 AT_HEADER = "x-imgline-dead-lettered-at"
 
 CONNECTION_LOST = (
-    pika.exceptions.AMQPConnectionError,
-    pika.exceptions.AMQPChannelError,
+    *CONNECTION_ERRORS,  # TLS errors too, e.g. a broker certificate that no longer verifies
     pika.exceptions.StreamLostError,
     ConnectionError,
-    ssl.SSLError,  # e.g. the broker's certificate no longer verifies: retried, and logged
 )
 
 

@@ -7,7 +7,6 @@ consumer harness gives its handlers one of their own.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from typing import Any
@@ -18,7 +17,11 @@ import pika.exceptions
 from fedora_messaging import message as fm_message
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-from imgline.core.bus.connection import connection_parameters
+from imgline.core.bus.connection import (
+    ACCESS_REFUSED,
+    CONNECTION_ERRORS,
+    connection_parameters,
+)
 from imgline.core.bus.metrics import BusMetrics
 from imgline.core.config import BusSettings
 from imgline.core.errors import (
@@ -29,15 +32,6 @@ from imgline.core.errors import (
 )
 
 log = logging.getLogger(__name__)
-
-#: AMQP's reply code when a user lacks a permission.
-ACCESS_REFUSED = 403
-
-CONNECTION_ERRORS = (
-    pika.exceptions.AMQPConnectionError,
-    pika.exceptions.AMQPChannelError,
-    ssl.SSLError,
-)
 
 
 class Publisher:

@@ -19,6 +19,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import ChannelClosedByBroker
 
 from imgline.core.bus import access
+from imgline.core.bus.connection import ACCESS_REFUSED, NOT_FOUND
 from imgline.core.config import BusSettings
 from imgline.core.errors import BrokerError
 
@@ -128,12 +129,12 @@ def declare(channel: BlockingChannel, topology: Topology) -> None:
 
 def _advice(exc: ChannelClosedByBroker) -> str:
     said = f"{exc.reply_code} {exc.reply_text}"
-    if exc.reply_code == 404:
+    if exc.reply_code == NOT_FOUND:
         return (
             f"{said}; the shared topology is missing: import deploy/rabbitmq/definitions.json "
             "('imgline definitions' prints them) into the broker"
         )
-    if exc.reply_code == 403:
+    if exc.reply_code == ACCESS_REFUSED:
         return (
             f"{said}; this service's user lacks the permission: compare the broker's users with "
             "the output of 'imgline definitions'"
