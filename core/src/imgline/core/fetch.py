@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from imgline.core.errors import PermanentError, TransientError
+from imgline.schemas import payloads as p
 
 CHUNK = 1 << 20
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,200}")
@@ -161,3 +164,34 @@ def local_path(
     wait = min(timeout, deadline_seconds)
     _download(uri, dest, size, time.monotonic() + deadline_seconds, wait)
     return dest
+
+
+class ArtifactAccess(BaseModel):
+    """The settings of a stage that reads artefacts named by messages (tester, publisher):
+    its store, the URL prefixes it may download from, and how long a download may take.
+    Services mix it into their ``[consumer_config]`` model."""
+
+    store_dir: Path = Field(
+        default=Path("/var/lib/imgline/artifacts"),
+        description="the artifact store; files are read only from under it (docs/security.md)",
+    )
+    artifact_url_prefixes: list[str] = Field(
+        default_factory=list,
+        description="http(s) URL prefixes an artefact not in store_dir may be downloaded from",
+    )
+    download_deadline_seconds: float = Field(
+        default=1800.0, gt=0, description="a download that takes longer is given up and retried"
+    )
+
+    def artifact_sources(self) -> ArtifactSources:
+        return ArtifactSources.of([self.store_dir], self.artifact_url_prefixes)
+
+    def fetch(self, artifact: p.Artifact, workdir: Path) -> Path:
+        """``artifact`` on local disk, within these limits and its announced size."""
+        return local_path(
+            artifact.uri,
+            workdir,
+            self.artifact_sources(),
+            size=artifact.size,
+            deadline_seconds=self.download_deadline_seconds,
+        )

@@ -17,7 +17,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from imgline.core import verdicts
 from imgline.core.artifacts import LocalArtifactStore
 from imgline.core.errors import PermanentError
-from imgline.core.fetch import local_path
 from imgline.publisher.domain import release
 from imgline.publisher.errors import IntegrityError, RetiredError
 from imgline.publisher.ports import Releases, Verdicts
@@ -149,13 +148,7 @@ class PublishStage:
         stored = self.tested_by.image(img.artifact.sha256)
         if stored is not None:
             return stored
-        return local_path(
-            img.artifact.uri,
-            workdir,
-            self.config.artifact_sources(),
-            size=img.artifact.size,
-            deadline_seconds=self.config.download_deadline_seconds,
-        )
+        return self.config.fetch(img.artifact, workdir)
 
     def _reject(self, tested: p.ImageTested, reason: str, kind: str) -> fm_message.Message:
         log.warning("build_id=%s rejected: %s", tested.build_id, reason)

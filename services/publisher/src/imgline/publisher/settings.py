@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from imgline.core.fetch import ArtifactSources
+from imgline.core.fetch import ArtifactAccess
 from imgline.core.trust.layout import Expiry
 from imgline.publisher.domain.installks import InstallLayout
 
 
-class PublisherConfig(BaseModel):
+class PublisherConfig(ArtifactAccess):
     """Where the repository lives, how hosts reach it, what it keeps; unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -24,11 +24,6 @@ class PublisherConfig(BaseModel):
         description="the artifact store the tester writes its verdicts to; images are read "
         "from here by digest (docs/security.md)",
     )
-    artifact_url_prefixes: list[str] = Field(
-        default_factory=list,
-        description="http(s) URL prefixes an image not in store_dir may be downloaded from",
-    )
-    download_deadline_seconds: float = Field(default=1800.0, gt=0)
     work_dir: Path = Field(
         default=Path("/var/lib/imgline/publisher-work"), description="downloads of remote artefacts"
     )
@@ -52,6 +47,3 @@ class PublisherConfig(BaseModel):
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(default=8090, ge=0, le=65535)
     install: InstallLayout = InstallLayout()
-
-    def artifact_sources(self) -> ArtifactSources:
-        return ArtifactSources.of([self.store_dir], self.artifact_url_prefixes)

@@ -19,7 +19,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from imgline.core import verdicts
 from imgline.core.artifacts import LocalArtifactStore
 from imgline.core.errors import PermanentError
-from imgline.core.fetch import local_path
 from imgline.schemas import payloads as p
 from imgline.schemas.messages import ImageTestedV1
 from imgline.tester.adapters.boot import boot_check
@@ -166,13 +165,7 @@ class TestStage:
         log_path = workdir / "test.log"
         with log_path.open("w", encoding="utf-8") as test_log:
             test_log.write(f"# imgline tests of {built.name}-{built.version} ({built.build_id})\n")
-            image = local_path(
-                built.artifact.uri,
-                workdir,
-                self.config.artifact_sources(),
-                size=built.artifact.size,
-                deadline_seconds=self.config.download_deadline_seconds,
-            )
+            image = self.config.fetch(built.artifact, workdir)
             results = self.checks.run(image, built, expectations, workdir, test_log)
         for r in results:
             self.metrics.checks.labels(r.name, r.status).inc()
