@@ -43,7 +43,7 @@ RECORD_MODE = 0o644
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 # One path component, no leading dot (so no ".", "..", hidden temp names), no separators.
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
 
 
 class ArtifactError(PermanentError):
@@ -218,7 +218,7 @@ class LocalArtifactStore:
         return sorted(
             e.name
             for e in entries
-            if _SAFE_NAME.fullmatch(e.name) and e.is_file(follow_symlinks=False)
+            if SAFE_NAME.fullmatch(e.name) and e.is_file(follow_symlinks=False)
         )
 
     def record_uri(self, namespace: str, key: str) -> str:
@@ -309,7 +309,7 @@ class LocalArtifactStore:
 
     @staticmethod
     def _check_name(what: str, name: str, *, namespace: bool = False) -> str:
-        if not _SAFE_NAME.fullmatch(name):
+        if not SAFE_NAME.fullmatch(name):
             raise ArtifactError(
                 f"invalid record {what} {name!r}: use 1-200 characters of letters, digits, "
                 "'.', '_', '+' or '-', starting with a letter or digit"

@@ -9,23 +9,22 @@ deadline, and redirects are not followed (they could lead anywhere).
 
 from __future__ import annotations
 
-import re
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from imgline.core.artifacts import SAFE_NAME
 from imgline.core.errors import PermanentError, TransientError
 from imgline.schemas import payloads as p
 
 CHUNK = 1 << 20
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,200}")
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class ArtifactSources:
     """Where a stage accepts artefacts from: files under ``roots``, URLs under ``url_prefixes``."""
 
     roots: tuple[Path, ...] = ()
-    url_prefixes: tuple[str, ...] = field(default=())
+    url_prefixes: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, roots: Iterable[Path], url_prefixes: Iterable[str] = ()) -> ArtifactSources:
@@ -130,7 +129,7 @@ def _download(uri: str, dest: Path, size: int | None, deadline: float, timeout: 
                 out.write(chunk)
     except urllib.error.HTTPError as exc:
         tmp.unlink(missing_ok=True)
-        if 400 <= exc.code < 500 or 300 <= exc.code < 400:
+        if 300 <= exc.code < 500:  # a redirect not followed, or the request's own fault
             raise PermanentError(f"artifact {uri}: HTTP {exc.code} {exc.reason}") from exc
         raise TransientError(f"artifact {uri}: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError) as exc:
@@ -159,7 +158,7 @@ def local_path(
     if urllib.parse.urlsplit(uri).scheme == "file":
         return _local(uri, sources)
     name = PurePosixPath(urllib.parse.unquote(urllib.parse.urlsplit(uri).path)).name
-    dest = workdir / (name if _SAFE_NAME.fullmatch(name) else "artifact")
+    dest = workdir / (name if SAFE_NAME.fullmatch(name) else "artifact")
     # each socket wait is bounded too, so a server that goes silent meets the deadline
     wait = min(timeout, deadline_seconds)
     _download(uri, dest, size, time.monotonic() + deadline_seconds, wait)
