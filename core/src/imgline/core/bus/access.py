@@ -90,13 +90,9 @@ def _anchored(*bodies: str) -> str:
 
 
 def _queue_body(role: Role, settings: BusSettings) -> str:
+    """The queue(s) ``role`` consumes from: its own, or one per host for per-host roles."""
     base = re.escape(f"{settings.exchange}.{role.user}")
     return f"{base}\\.[A-Za-z0-9._-]+" if role.per_host else base
-
-
-def queue_pattern(role: Role, settings: BusSettings) -> str:
-    """The queue(s) ``role`` consumes from: its own, or one per host for per-host roles."""
-    return _anchored(_queue_body(role, settings))
 
 
 def permissions(role: Role, settings: BusSettings) -> dict[str, str]:
