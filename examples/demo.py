@@ -280,10 +280,11 @@ def start_services(
     ch: Any, wiring: list[tuple[BusSettings, Callable[[BusSettings], Consumer], str]]
 ) -> tuple[list[Consumer], list[threading.Thread]]:
     """Each service in a thread of this process, its queue declared before anything is sent.
-    The shared topology (exchanges, dead letters, audit queue) is the broker's own."""
+    The shared topology (exchanges, dead letters, audit queue) is the same for all: declared
+    once, as the administrator does (a broker given by IMGLINE_AMQP_URL may lack it)."""
     services, threads = [], []
+    topology.declare(ch, topology.shared_topology(wiring[0][0]))
     for settings, build, topic in wiring:
-        topology.declare(ch, topology.shared_topology(settings))
         topology.declare(ch, topology.service_topology(settings, (topic,)))
         services.append(build(settings))
         threads.append(threading.Thread(target=services[-1].run, name=settings.service))
