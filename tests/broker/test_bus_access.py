@@ -15,7 +15,7 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
-from bushelpers import running, take_all, wait_for
+from bushelpers import queue_depth, running, take_all, wait_for
 
 from imgline.core.broker import PrivateBroker
 from imgline.core.bus import Consumer, Publisher
@@ -142,22 +142,14 @@ def test_the_builder_consumes_and_dead_letters_as_itself_over_tls(broker: Privat
             broken = message(m.BuildRequestedV1)
             pub.publish_raw("imgline", broken.topic, b"{not json", broken._properties)
         assert seen.wait(30)
-        wait_for(lambda: bool(_dead(broker)), what="the broken request dead-lettered")
+        wait_for(
+            lambda: queue_depth(broker.url, "imgline.dead-letter") == 1,
+            what="the broken request dead-lettered",
+        )
     assert got == [json.loads(message(m.BuildRequestedV1)._encoded_body)["request_id"]]
-    [(headers, body)] = _dead(broker, take=True)
+    [(headers, body)] = take_all(broker.url, "imgline.dead-letter")
     assert body == b"{not json"
     assert headers[REASON_HEADER]
-
-
-def _dead(broker: PrivateBroker, take: bool = False) -> list[tuple[dict[str, Any], bytes]]:
-    if take:
-        return take_all(broker.url, "imgline.dead-letter")
-    conn = pika.BlockingConnection(pika.URLParameters(broker.url))
-    try:
-        depth = conn.channel().queue_declare("imgline.dead-letter", passive=True)
-        return [({}, b"")] * int(depth.method.message_count)
-    finally:
-        conn.close()
 
 
 def test_tls_needs_the_client_certificate_and_the_brokers_ca(
