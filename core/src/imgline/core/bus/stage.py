@@ -7,11 +7,11 @@ again (``replay``): this is imgline's one idempotency mechanism. The work runs u
 exclusive lock per key (a build, a verdict), so two instances never do the same work at once;
 the second one is told to retry and then finds the first one's result.
 
-The error model (docs/architecture.md, "Errors"): a ``PermanentError`` is an outcome, not a
-crash. The stage turns it into its failure event (``build.failed``, a failed ``image.tested``,
-``image.rejected``) and the message is acknowledged. A ``TransientError`` propagates, so the
-consumer retries the message until its delivery limit. Only messages that cannot be decoded,
-or whose retries ran out, are dead-lettered.
+The error model (docs/architecture.md, "Errors and idempotency"): a ``PermanentError`` is an
+outcome, not a crash. The stage turns it into its failure event (``build.failed``, a failed
+``image.tested``, ``image.rejected``) and the message is acknowledged. A ``TransientError``
+propagates, so the consumer retries the message until its delivery limit. Only messages that
+cannot be decoded, or whose retries ran out, are dead-lettered.
 """
 
 from __future__ import annotations
