@@ -86,9 +86,37 @@ def test_names_come_from_the_settings_and_are_escaped() -> None:
     perms = access.permissions(access.ROLE_BY_USER["builder"], s)
     assert _allows(perms["configure"], "acme.bus.builder")
     assert not _allows(perms["configure"], "acmeXbus.builder")  # the dot is not a wildcard
-    [main, _dlx] = access.topic_permissions(access.ROLE_BY_USER["builder"], s)
+    [main, _dlx, retry] = access.topic_permissions(access.ROLE_BY_USER["builder"], s)
     assert main["exchange"] == "acme.bus"
     assert _allows(main["write"], "acme.image.built")
+    assert retry["exchange"] == "acme.bus.retry"
+    assert _allows(retry["write"], "acme.bus.builder")
+
+
+@pytest.mark.parametrize(
+    ("user", "queue", "allowed"),
+    [
+        ("builder", "imgline.builder", True),
+        ("builder", "imgline.tester", False),
+        ("builder", "imgline.builder.x", False),
+        ("tester", "imgline.tester", True),
+        ("publisher", "imgline.publisher", True),
+        ("publisher", "imgline.builder", False),
+        ("updater", "imgline.updater.4f0c2a", True),
+        ("updater", "imgline.publisher", False),
+        ("trigger", "imgline.builder", False),
+        ("trigger", "imgline.trigger", False),
+    ],
+)
+def test_a_service_sends_retries_to_and_binds_only_its_own_queue(
+    user: str, queue: str, allowed: bool
+) -> None:
+    # on the retry exchange the routing key is the queue: a tester cannot push a message into
+    # the builder's queue that way
+    for what in ("write", "read"):
+        assert _allows(_topic(user, "imgline.retry", what), queue) is allowed, what
+    perms = access.permissions(access.ROLE_BY_USER[user], S)
+    assert _allows(perms["write"], "imgline.retry") is (user != "trigger")
 
 
 def test_password_hash_is_rabbitmqs_salted_sha256() -> None:

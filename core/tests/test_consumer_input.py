@@ -8,13 +8,14 @@ import json
 from collections.abc import Callable
 from concurrent.futures import Future
 
+import pika.exceptions
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pika.spec import Basic, BasicProperties
 
 from imgline.core.bus import Consumer, policy
-from imgline.core.bus.consumer import decode
+from imgline.core.bus.consumer import ATTEMPTS_HEADER, ROUTING_KEY_HEADER, decode
 from imgline.core.config import BusSettings
 from imgline.schemas import payloads as p
 from imgline.schemas.messages import BuildRequestedV1
@@ -152,10 +153,15 @@ def test_hostile_properties_of_real_deliveries(change: dict[str, object], expect
 
 
 class _Channel:
-    """Records how deliveries were settled."""
+    """Records how deliveries were settled and what was published; ``refuse`` makes every
+    publish fail as an unroutable one would."""
 
-    def __init__(self) -> None:
+    is_open = True
+
+    def __init__(self, refuse: bool = False) -> None:
         self.calls: list[tuple[str, int, bool]] = []
+        self.published: list[tuple[str, str, BasicProperties, bool]] = []
+        self.refuse = refuse
 
     def basic_ack(self, tag: int) -> None:
         self.calls.append(("ack", tag, False))
@@ -166,24 +172,97 @@ class _Channel:
     def basic_nack(self, tag: int, requeue: bool = True) -> None:
         self.calls.append(("nack", tag, requeue))
 
+    def basic_publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: BasicProperties,
+        mandatory: bool = False,
+    ) -> None:
+        if self.refuse:
+            raise pika.exceptions.UnroutableError([])
+        self.published.append((exchange, routing_key, properties, mandatory))
 
-def test_a_failed_try_is_rejected_so_every_broker_version_counts_it() -> None:
+
+def _fail(_msg: BuildRequestedV1) -> None:
+    raise RuntimeError("flaky mirror")
+
+
+def _deliver(
+    consumer: Consumer,
+    tag: int,
+    exchange: str = "imgline",
+    headers: dict[str, object] | None = None,
+) -> None:
+    good = _valid()
+    props = good._properties
+    props.headers = {**(props.headers or {}), **(headers or {})}
+    rk = consumer.settings.queue_name if exchange.endswith(".retry") else good.topic
+    consumer._on_delivery(
+        Basic.Deliver(delivery_tag=tag, exchange=exchange, routing_key=rk),
+        props,
+        good._encoded_body,
+    )
+
+
+def test_a_failed_try_goes_back_to_its_own_queue_counted_in_a_header() -> None:
+    """The count in the message itself holds on every RabbitMQ version, whether or not the
+    broker counts requeues toward x-delivery-count (4.3 counts only basic.reject)."""
+    consumer = _consumer(_fail, retry_delay_seconds=0)
+    channel = _Channel()
+    consumer._side = channel  # type: ignore[assignment]
+    _deliver(consumer, 1, headers={"x-delivery-count": 1})
+    _settle(consumer, 1)
+    consumer._finish_done(channel)  # type: ignore[arg-type]
+    assert channel.calls == [("ack", 1, False)]
+    [(exchange, key, props, mandatory)] = channel.published
+    assert (exchange, key, mandatory) == ("imgline.retry", "imgline.svc", True)
+    assert props.headers[ATTEMPTS_HEADER] == 2
+    assert props.headers[ROUTING_KEY_HEADER] == TOPIC
+    assert "x-delivery-count" not in props.headers
+    assert props.headers["fedora_messaging_schema"] == "imgline.build.requested.v1"
+
+    # the copy comes back through the retry exchange: its third try, under its own topic
+    handled: list[BuildRequestedV1] = []
+    again = _consumer(handled.append)
+    _deliver(again, 2, "imgline.retry", dict(props.headers))
+    assert again._inflight[2].attempt == 3
+    assert _settle(again, 2) == (policy.Outcome.DONE, "")
+    assert handled[0].topic == TOPIC
+
+
+def test_only_the_retry_exchange_carries_a_believed_attempt_count() -> None:
+    # anyone who may publish the topic could set the header; only the service's own user can
+    # send through the retry exchange to its queue
+    consumer = _consumer(lambda _m: None)
+    _deliver(consumer, 1, headers={ATTEMPTS_HEADER: 99, ROUTING_KEY_HEADER: "imgline.x"})
+    assert consumer._inflight[1].attempt == 1
+    assert consumer._inflight[1].routing_key == TOPIC
+
+
+def test_the_last_try_is_dead_lettered_with_its_own_topic() -> None:
+    consumer = _consumer(_fail, retry_delay_seconds=0, delivery_limit=3)
+    channel = _Channel()
+    consumer._side = channel  # type: ignore[assignment]
+    _deliver(consumer, 1, "imgline.retry", {ATTEMPTS_HEADER: 2, ROUTING_KEY_HEADER: TOPIC})
+    _settle(consumer, 1)
+    consumer._finish_done(channel)  # type: ignore[arg-type]
+    [(exchange, key, props, _)] = channel.published
+    assert (exchange, key) == ("imgline.dlx", TOPIC)
+    assert props.headers[ATTEMPTS_HEADER] == 3
+    assert channel.calls == [("ack", 1, False)]
+
+
+def test_a_refused_send_back_is_rejected_so_the_broker_counts_it() -> None:
     """RabbitMQ 4.3 counts only basic.reject toward a quorum queue's delivery limit; a message
     handed back unprocessed (the consumer is stopping) is nacked and does not use up a try."""
-
-    def fail(_msg: BuildRequestedV1) -> None:
-        raise RuntimeError("flaky mirror")
-
-    consumer = _consumer(fail, retry_delay_seconds=0)
-    good = _valid()
-    consumer._on_delivery(
-        Basic.Deliver(delivery_tag=1, routing_key=good.topic), good._properties, good._encoded_body
-    )
+    consumer = _consumer(_fail, retry_delay_seconds=0)
+    channel = _Channel(refuse=True)
+    consumer._side = channel  # type: ignore[assignment]
+    _deliver(consumer, 1)
     _settle(consumer, 1)
     consumer.stop()
-    consumer._on_delivery(
-        Basic.Deliver(delivery_tag=2, routing_key=good.topic), good._properties, good._encoded_body
-    )
-    channel = _Channel()
-    consumer._finish_done(channel, channel)  # type: ignore[arg-type]
+    _deliver(consumer, 2)
+    consumer._finish_done(channel)  # type: ignore[arg-type]
     assert sorted(channel.calls) == [("nack", 2, True), ("reject", 1, True)]

@@ -37,6 +37,24 @@ def test_attempt_number_trusts_only_a_sane_delivery_count(header: object, attemp
 
 
 @pytest.mark.parametrize(
+    ("delivery_count", "earlier", "attempt"),
+    [
+        (None, None, 1),
+        (None, 2, 3),  # a broker that no longer counts requeues: our header still does
+        (1, 2, 4),  # a copy sent back twice, then redelivered once by the broker
+        (0, -5, 1),
+        (0, "7", 1),
+        (0, False, 1),
+        (None, 10**12, 10**12 + 1),
+    ],
+)
+def test_attempt_number_adds_the_consumers_own_count(
+    delivery_count: object, earlier: object, attempt: int
+) -> None:
+    assert attempt_number(delivery_count, earlier) == attempt
+
+
+@pytest.mark.parametrize(
     ("base", "attempt", "delay"),
     [(0, 3, 0.0), (1.0, 1, 1.0), (1.0, 2, 2.0), (1.0, 4, 8.0), (1.0, 30, 60.0), (0.5, 3, 2.0)],
 )

@@ -30,15 +30,17 @@ def test_service_declares_only_its_queue_and_expects_the_shared_exchanges() -> N
         "x-delivery-limit": 4 + BROKER_LIMIT_MARGIN,
     }
     assert topo.exchanges == ()  # a service may not configure them: it only checks they exist
-    assert topo.expects == ("imgline", "imgline.dlx")
+    assert topo.expects == ("imgline", "imgline.dlx", "imgline.retry")
     assert [(b.exchange, b.queue, b.routing_key) for b in topo.bindings] == [
-        ("imgline", "imgline.tester", "imgline.image.built")
+        ("imgline", "imgline.tester", "imgline.image.built"),
+        # failed tries come back to this queue only, keyed by its name
+        ("imgline.retry", "imgline.tester", "imgline.tester"),
     ]
 
 
 def test_shared_topology_is_the_exchanges_dead_letters_and_audit_queue() -> None:
     topo = shared_topology(BusSettings(service="any"))
-    assert topo.exchanges == ("imgline", "imgline.dlx")
+    assert topo.exchanges == ("imgline", "imgline.dlx", "imgline.retry")
     dlq, events = topo.queues
     assert dlq.name == "imgline.dead-letter"
     assert {(b.exchange, b.queue, b.routing_key) for b in topo.bindings} == {

@@ -22,7 +22,7 @@ from imgline.core.bus import Consumer, Publisher
 from imgline.core.bus.connection import connection_parameters
 from imgline.core.bus.consumer import REASON_HEADER
 from imgline.core.config import BusSettings
-from imgline.core.errors import AccessRefusedError, ConfigError
+from imgline.core.errors import AccessRefusedError, ConfigError, TransientError
 from imgline.core.localca import LocalCA
 from imgline.schemas import messages as m
 
@@ -119,7 +119,8 @@ def test_a_service_reads_only_its_own_queue(broker: PrivateBroker) -> None:
 
 def test_the_builder_consumes_and_dead_letters_as_itself_over_tls(broker: PrivateBroker) -> None:
     """The whole consumer path with only the builder's rights, over amqps with its client
-    certificate: declare and bind its queue, take a request, dead-letter a broken one."""
+    certificate: declare and bind its queue, take a request, send a failed try back through the
+    retry exchange, dead-letter a broken one."""
     assert broker.ca is not None
     cert = broker.client_certs["builder"]
     url = broker.tls_url_for("builder")
@@ -127,9 +128,13 @@ def test_the_builder_consumes_and_dead_letters_as_itself_over_tls(broker: Privat
         "builder", url, tls_ca_cert=broker.ca.cert_path, tls_cert=cert.cert, tls_key=cert.key
     )
     got: list[str] = []
+    tries: list[str] = []
     seen = threading.Event()
 
     def handle(msg: m.BuildRequestedV1) -> None:
+        tries.append(msg.topic)
+        if len(tries) == 1:
+            raise TransientError("the mirror is down")
         got.append(msg.payload.request_id)
         seen.set()
 
@@ -147,9 +152,26 @@ def test_the_builder_consumes_and_dead_letters_as_itself_over_tls(broker: Privat
             what="the broken request dead-lettered",
         )
     assert got == [json.loads(message(m.BuildRequestedV1)._encoded_body)["request_id"]]
+    assert tries == ["imgline.build.requested"] * 2  # the retried copy keeps its topic
     [(headers, body)] = take_all(broker.url, "imgline.dead-letter")
     assert body == b"{not json"
     assert headers[REASON_HEADER]
+
+
+def test_the_retry_exchange_reaches_only_the_senders_own_queue(broker: PrivateBroker) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(broker.url_for("tester")))
+    try:
+        channel = conn.channel()
+        channel.confirm_delivery()
+        body = message(m.BuildRequestedV1)
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+            channel.basic_publish(
+                "imgline.retry", "imgline.builder", body._encoded_body, body._properties
+            )
+        assert refused.value.reply_code == 403
+    finally:
+        conn.close()
+    assert queue_depth(broker.url, "imgline.builder") == 0
 
 
 def test_tls_needs_the_client_certificate_and_the_brokers_ca(

@@ -195,8 +195,11 @@ def test_the_queue_is_durable_quorum_bound_to_the_hosts_stream_only() -> None:
         "x-dead-letter-exchange": "imgline.dlx",
         "x-delivery-limit": 3 + BROKER_LIMIT_MARGIN,
     }
-    bound = {b.routing_key for b in topo.bindings if b.queue == queue.name}
-    assert bound == {"imgline.image.published.beta"}
+    bound = {(b.exchange, b.routing_key) for b in topo.bindings if b.queue == queue.name}
+    assert bound == {
+        ("imgline", "imgline.image.published.beta"),
+        ("imgline.retry", "imgline.updater.h1"),
+    }
 
 
 def unreachable_client(tmp: Path) -> RepositoryClient:

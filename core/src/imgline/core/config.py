@@ -48,6 +48,11 @@ class BusSettings(BaseModel):
     )
     dead_letter_exchange: str = Field(default="imgline.dlx", pattern=_NAME)
     dead_letter_queue: str = Field(default="imgline.dead-letter", pattern=_NAME)
+    retry_exchange: str | None = Field(
+        default=None,
+        pattern=_NAME,
+        description="where a failed message goes back to its own queue; default <exchange>.retry",
+    )
     events_queue: str | None = Field(
         default=None,
         pattern=_NAME,
@@ -100,6 +105,12 @@ class BusSettings(BaseModel):
     def queue_name(self) -> str:
         """This service's durable queue, shared by all its instances."""
         return self.queue or f"{self.exchange}.{self.service}"
+
+    @property
+    def retry_exchange_name(self) -> str:
+        """The exchange a service sends a failed message back through, to its own queue only
+        (routing key = queue name), with the attempts counted in a header."""
+        return self.retry_exchange or f"{self.exchange}.retry"
 
     @property
     def events_queue_name(self) -> str:

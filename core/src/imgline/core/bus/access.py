@@ -97,27 +97,30 @@ def _queue_body(role: Role, settings: BusSettings) -> str:
 
 def permissions(role: Role, settings: BusSettings) -> dict[str, str]:
     """configure/write/read for ``role``: declare and bind only its own queue, publish to the
-    pipeline exchange (and, for what it consumes, to the dead-letter exchange), read only its
-    own queue. Nothing may configure the exchanges or the shared queues."""
+    pipeline exchange (and, for what it consumes, to the dead-letter and retry exchanges), read
+    only its own queue. Nothing may configure the exchanges or the shared queues."""
     ex = re.escape(settings.exchange)
     if not role.consumes:
         return {"configure": _NEVER, "write": _anchored(ex), "read": _NEVER}
     own = _queue_body(role, settings)
+    retry = re.escape(settings.retry_exchange_name)
     return {
         "configure": _anchored(own),
-        "write": _anchored(own, ex, re.escape(settings.dead_letter_exchange)),
-        "read": _anchored(own, ex),
+        "write": _anchored(own, ex, re.escape(settings.dead_letter_exchange), retry),
+        "read": _anchored(own, ex, retry),
     }
 
 
 def topic_permissions(role: Role, settings: BusSettings) -> list[dict[str, str]]:
-    """Topic permissions on both exchanges (an exchange with none would allow every key).
+    """Topic permissions on every exchange (an exchange with none would allow every key).
 
     On the pipeline exchange it writes what it publishes and binds only what it consumes. On the
     dead-letter exchange it writes only the keys of messages it consumed (dead-letters keep the
-    original key), so its dead letters cannot pose as anyone else's."""
+    original key), so its dead letters cannot pose as anyone else's. On the retry exchange the
+    key is a queue's name, and it may send to and bind only its own queue(s)."""
     prefix = settings.topic_prefix
     consumed = topic_regex(prefix, role.consumes)
+    own = _anchored(_queue_body(role, settings)) if role.consumes else _NEVER
     return [
         {
             "exchange": settings.exchange,
@@ -125,6 +128,7 @@ def topic_permissions(role: Role, settings: BusSettings) -> list[dict[str, str]]
             "read": consumed,
         },
         {"exchange": settings.dead_letter_exchange, "write": consumed, "read": _NEVER},
+        {"exchange": settings.retry_exchange_name, "write": own, "read": own},
     ]
 
 

@@ -2,13 +2,19 @@
 
 One I/O thread owns the pika connection (heartbeats keep flowing while a handler works for
 twenty minutes); handlers run on worker threads. A delivery is acked only after its handler
-returned, requeued with back-off on a transient failure, and dead-lettered with the reason when
-it can never succeed or has used up its attempts. On SIGTERM the consumer stops taking work,
+returned, sent back to its own queue with back-off on a transient failure, and dead-lettered
+with the reason when it can never succeed or has used up its attempts.
+
+Attempts are counted twice over, so the delivery limit holds on every RabbitMQ version: a
+failed message is sent back through the retry exchange, to this queue only, with the attempts so
+far in a header (and then acked); only when that is refused is it rejected back to the queue,
+where the broker's ``x-delivery-count`` counts it. On SIGTERM the consumer stops taking work,
 lets the message in hand finish within a grace period, and otherwise leaves it to be redelivered.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import signal
 import threading
@@ -42,6 +48,8 @@ REASON_HEADER = "x-imgline-dead-letter-reason"
 QUEUE_HEADER = "x-imgline-queue"
 ATTEMPTS_HEADER = "x-imgline-attempts"
 AT_HEADER = "x-imgline-dead-lettered-at"
+#: The topic of a message sent back through the retry exchange, whose routing key is the queue.
+ROUTING_KEY_HEADER = "x-imgline-routing-key"
 
 CONNECTION_LOST = (
     *CONNECTION_ERRORS,  # TLS errors too, e.g. a broker certificate that no longer verifies
@@ -114,6 +122,7 @@ class Consumer:
         self._inflight: dict[int, _Delivery] = {}
         self.connects = 0  # successful broker sessions: 1 unless the broker went away
         self._conn: BlockingConnection | None = None
+        self._side: BlockingChannel | None = None  # confirmed publishes: retries, dead letters
 
     # --- registration -----------------------------------------------------------------------
 
@@ -191,8 +200,6 @@ class Consumer:
         try:
             channel = conn.channel()
             topology.declare(channel, self.topology())
-            dl_channel = conn.channel()
-            dl_channel.confirm_delivery()
             channel.basic_qos(prefetch_count=self.settings.prefetch)
             tag = channel.basic_consume(
                 self.settings.queue_name,
@@ -209,24 +216,22 @@ class Consumer:
             self._conn = conn
             self.connects += 1
             self._ready.set()
-            self._loop(conn, channel, dl_channel, tag)
+            self._loop(conn, channel, tag)
         finally:
             self._ready.clear()
-            self._conn = None
+            self._conn = self._side = None
             if conn.is_open:
                 try:
                     conn.close()
                 except CONNECTION_LOST:
                     pass
 
-    def _loop(
-        self, conn: BlockingConnection, channel: BlockingChannel, dl: BlockingChannel, tag: str
-    ) -> None:
+    def _loop(self, conn: BlockingConnection, channel: BlockingChannel, tag: str) -> None:
         cancelled = False
         stop_deadline = 0.0
         while True:
             conn.process_data_events(time_limit=0.2)
-            self._finish_done(channel, dl)
+            self._finish_done(channel)
             if not self._stop.is_set():
                 continue
             if not cancelled:
@@ -257,7 +262,7 @@ class Consumer:
         the process, and the broker would hand the same message to the next instance."""
         tag = method.delivery_tag or 0
         try:
-            self._accept(tag, method.routing_key or "", props, body)
+            self._accept(tag, method.exchange or "", method.routing_key or "", props, body)
         except Exception as exc:  # a property no decoder foresaw: dead-letter, keep serving
             log.exception("delivery %d could not be taken", tag)
             rk = method.routing_key or ""
@@ -271,9 +276,18 @@ class Consumer:
             delivery.future = _resolved((policy.Outcome.INVALID, reason))
             self._inflight[tag] = delivery
 
-    def _accept(self, tag: int, rk: str, props: BasicProperties, body: bytes) -> None:
+    def _accept(
+        self, tag: int, exchange: str, rk: str, props: BasicProperties, body: bytes
+    ) -> None:
         headers = props.headers if isinstance(props.headers, dict) else {}
-        attempt = policy.attempt_number(headers.get("x-delivery-count"))
+        retried = exchange == self.settings.retry_exchange_name
+        # Only this service's own user may send to its queue through the retry exchange, so
+        # only there are its attempts header and the original topic believed.
+        attempt = policy.attempt_number(
+            headers.get("x-delivery-count"), headers.get(ATTEMPTS_HEADER) if retried else None
+        )
+        if retried:
+            rk = _original_key(headers.get(ROUTING_KEY_HEADER), rk)
         delivery = _Delivery(tag, rk, props, body, attempt, rk, log_ids(None, rk, props))
         self._inflight[tag] = delivery
         if self._stop.is_set():
@@ -339,7 +353,7 @@ class Consumer:
         if attempt < self.settings.delivery_limit:
             self._stop.wait(policy.retry_delay(self.settings.retry_delay_seconds, attempt))
 
-    def _finish_done(self, channel: BlockingChannel, dl: BlockingChannel) -> None:
+    def _finish_done(self, channel: BlockingChannel) -> None:
         for tag, d in list(self._inflight.items()):
             if d.future is None or not d.future.done():
                 continue
@@ -354,12 +368,54 @@ class Consumer:
                 channel.basic_nack(tag, requeue=True)
                 continue
             decision = policy.decide(outcome, error, d.attempt, self.settings.delivery_limit)
-            self._apply(channel, dl, d, outcome, decision)
+            self._apply(channel, d, outcome, decision)
+
+    def _side_channel(self) -> BlockingChannel:
+        """The confirmed channel for retries and dead letters, reopened if the broker closed
+        it (a refused publish closes the channel it came on)."""
+        if self._side is None or not self._side.is_open:
+            if self._conn is None:
+                raise pika.exceptions.ConnectionWrongStateError("not connected")
+            self._side = self._conn.channel()
+            self._side.confirm_delivery()
+        return self._side
+
+    def _send_back(self, d: _Delivery, reason: str) -> bool:
+        """Publish a copy of ``d`` to this queue through the retry exchange, carrying its
+        attempts and topic; True once the broker confirmed it, False if refused."""
+        props = copy.copy(d.properties)
+        headers = dict(d.properties.headers or {})
+        headers.pop("x-delivery-count", None)  # the copy is a new message to the broker
+        headers.update({ATTEMPTS_HEADER: d.attempt, ROUTING_KEY_HEADER: d.routing_key})
+        props.headers = headers
+        props.delivery_mode = 2
+        try:
+            self._side_channel().basic_publish(
+                self.settings.retry_exchange_name,
+                self.settings.queue_name,
+                d.body,
+                props,
+                mandatory=True,
+            )
+        except (pika.exceptions.NackError, pika.exceptions.UnroutableError) as exc:
+            log.error("%s: the retry exchange did not take it (%r)", d.ids, exc)
+            return False
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            log.error(
+                "%s: the broker refused the retry exchange %s (%s %s): import the current "
+                "definitions ('imgline definitions'); rejecting to the queue instead",
+                d.ids,
+                self.settings.retry_exchange_name,
+                exc.reply_code,
+                exc.reply_text,
+            )
+            return False
+        log.warning("%s sent back for another attempt: %s", d.ids, reason)
+        return True
 
     def _apply(
         self,
         channel: BlockingChannel,
-        dl: BlockingChannel,
         d: _Delivery,
         outcome: policy.Outcome,
         decision: policy.Decision,
@@ -373,6 +429,9 @@ class Consumer:
             log.info("%s done in %.2fs", d.ids, time.monotonic() - d.started)
             return
         if decision.verdict is policy.Verdict.REQUEUE:
+            if self._send_back(d, decision.reason):
+                channel.basic_ack(d.tag)
+                return
             # basic.reject, not basic.nack: from RabbitMQ 4.3 on only a reject says "processing
             # failed" and counts toward x-delivery-count; a nacked message would retry forever.
             # basic.nack stays for messages handed back unprocessed (stopping, no DLX room).
@@ -396,9 +455,13 @@ class Consumer:
             message_id=d.properties.message_id,
         )
         try:
-            dl.basic_publish(self.settings.dead_letter_exchange, d.routing_key, d.body, props)
-        except pika.exceptions.NackError:
-            log.error("%s: the broker refused the dead-letter copy; requeueing instead", d.ids)
+            self._side_channel().basic_publish(
+                self.settings.dead_letter_exchange, d.routing_key, d.body, props
+            )
+        except (pika.exceptions.NackError, pika.exceptions.ChannelClosedByBroker) as exc:
+            log.error(
+                "%s: the broker refused the dead-letter copy (%r); requeueing instead", d.ids, exc
+            )
             channel.basic_nack(d.tag, requeue=True)
             return
         channel.basic_ack(d.tag)
@@ -423,6 +486,15 @@ class Consumer:
 
 def _noop() -> None:
     return None
+
+
+def _original_key(value: object, fallback: str) -> str:
+    """The topic a retried copy was first published with (the header the consumer set)."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str) and 0 < len(value) <= 255:
+        return value
+    return fallback
 
 
 def _in_thread(

@@ -32,15 +32,20 @@ class Decision:
     reason: str = ""
 
 
-def attempt_number(delivery_count: object) -> int:
-    """1 for a first delivery; the quorum queue's ``x-delivery-count`` counts earlier ones."""
-    if (
-        isinstance(delivery_count, int)
-        and not isinstance(delivery_count, bool)
-        and delivery_count >= 0
-    ):
-        return delivery_count + 1
-    return 1
+def _count(value: object) -> int:
+    """A non-negative count from a header anyone could have set, else 0."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return 0
+
+
+def attempt_number(delivery_count: object, earlier_attempts: object = None) -> int:
+    """1 for a first delivery. ``earlier_attempts`` is the consumer's own count, carried in a
+    header by the copies it sends back through the retry exchange; the quorum queue's
+    ``x-delivery-count`` counts redeliveries of this copy (a requeue, a consumer that died).
+    Both are counted, so the delivery limit holds on every RabbitMQ version, whichever of the
+    two a broker keeps."""
+    return _count(earlier_attempts) + _count(delivery_count) + 1
 
 
 def decide(outcome: Outcome, error: str, attempt: int, limit: int) -> Decision:

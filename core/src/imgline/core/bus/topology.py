@@ -73,11 +73,12 @@ def events_queue(settings: BusSettings) -> Queue:
 
 def shared_topology(settings: BusSettings) -> Topology:
     """What the administrator declares once for all services: the exchange, the dead-letter
-    pair and the audit queue, bound to every event, so none is lost for want of a consumer."""
+    pair, the retry exchange and the audit queue, bound to every event, so none is lost for
+    want of a consumer."""
     dlq = Queue(settings.dead_letter_queue, {"x-queue-type": "quorum"})
     events = events_queue(settings)
     return Topology(
-        exchanges=(settings.exchange, settings.dead_letter_exchange),
+        exchanges=(settings.exchange, settings.dead_letter_exchange, settings.retry_exchange_name),
         queues=(dlq, events),
         bindings=(
             Binding(settings.dead_letter_exchange, dlq.name, "#"),
@@ -87,7 +88,9 @@ def shared_topology(settings: BusSettings) -> Topology:
 
 
 def service_topology(settings: BusSettings, topics: tuple[str, ...]) -> Topology:
-    """This service's quorum queue bound to ``topics``; it expects the shared exchanges."""
+    """This service's quorum queue bound to ``topics``, and to the retry exchange under its own
+    name (``imgline.core.bus.consumer`` sends failed messages back that way); it expects the
+    shared exchanges."""
     queue = Queue(
         settings.queue_name,
         {
@@ -99,10 +102,11 @@ def service_topology(settings: BusSettings, topics: tuple[str, ...]) -> Topology
     return Topology(
         exchanges=(),
         queues=(queue,),
-        bindings=tuple(
-            Binding(settings.exchange, queue.name, settings.routing_key(t)) for t in topics
+        bindings=(
+            *(Binding(settings.exchange, queue.name, settings.routing_key(t)) for t in topics),
+            Binding(settings.retry_exchange_name, queue.name, queue.name),
         ),
-        expects=(settings.exchange, settings.dead_letter_exchange),
+        expects=(settings.exchange, settings.dead_letter_exchange, settings.retry_exchange_name),
     )
 
 
