@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fedora_messaging import message as fm_message
 
+from imgline.core.bus.policy import CURRENT_ATTEMPT, Attempt
 from imgline.core.bus.stage import StageHandler, exclusive
 from imgline.core.errors import PermanentError, TransientError
 
@@ -89,6 +90,27 @@ def test_transient_errors_and_crashes_propagate_and_clean_up(tmp_path: Path) -> 
             handler(stage, tmp_path, sent)(Msg("c"))
         assert sent == []
         assert not (tmp_path / "work" / "k-c").exists()
+
+
+def test_a_transient_error_on_the_last_try_ends_in_the_failure_event(tmp_path: Path) -> None:
+    def fail(payload: str) -> fm_message.Message:
+        raise TransientError("mirror down")
+
+    for number, limit, outcome in ((2, 3, "raise"), (3, 3, "failed"), (4, 3, "failed")):
+        stage, sent = FakeStage(fail), []
+        token = CURRENT_ATTEMPT.set(Attempt(number, limit))
+        try:
+            if outcome == "raise":
+                with pytest.raises(TransientError):
+                    handler(stage, tmp_path, sent)(Msg("d"))
+                assert sent == []
+            else:
+                handler(stage, tmp_path, sent)(Msg("d"))
+                assert [m.body["event"] for m in sent] == [
+                    f"failed-d: gave up after {number} attempts: mirror down"
+                ]
+        finally:
+            CURRENT_ATTEMPT.reset(token)
 
 
 def test_nothing_to_announce_publishes_nothing(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from imgline.builder.handlers import BUILDS, BuildMetrics, build_handler
 from imgline.builder.ports import BuildOutput
 from imgline.builder.settings import BuilderConfig
 from imgline.core.artifacts import LocalArtifactStore
+from imgline.core.bus import policy
 from imgline.core.errors import TransientError
 from imgline.schemas import payloads as p
 from imgline.schemas.messages import BuildFailedV1, BuildRequestedV1, ImageBuiltV1
@@ -102,6 +103,20 @@ def test_a_backend_that_fails_for_now_is_retried_with_its_log_kept(tmp_path: Pat
         lab.send(req)
     assert lab.sent == []
     assert lab.store.read_record("logs", f"{req.build_id}.log") is not None
+
+
+def test_the_last_try_of_a_backend_that_fails_for_now_is_build_failed(tmp_path: Path) -> None:
+    lab = Lab(tmp_path, BackendTransientError("mirror did not answer"))
+    req = lab.request()
+    token = policy.CURRENT_ATTEMPT.set(policy.Attempt(5, 5))
+    try:
+        failed = lab.send(req).payload
+    finally:
+        policy.CURRENT_ATTEMPT.reset(token)
+    assert isinstance(failed, p.BuildFailed)
+    assert failed.stage == "build"
+    assert failed.error == "gave up after 5 attempts: mirror did not answer"
+    assert failed.log_url is not None
 
 
 def test_a_crash_is_not_a_build_failure(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from fedora_messaging import message as fm_message
 
-from imgline.core.errors import BrokerError
+from imgline.core.errors import BrokerUnavailableError
 from imgline.schemas import messages as m
 from imgline.schemas import payloads as p
 from imgline.updater.outbox import Outbox
@@ -63,7 +63,7 @@ class Bus:
     def __call__(self, msg: fm_message.Message) -> None:
         self.calls += 1
         if self.calls in self.fail_at:
-            raise BrokerError("could not publish: connection refused")
+            raise BrokerUnavailableError("could not publish: connection refused")
         # what a consumer would decode from the wire
         wire = fm_message.get_message(msg.topic, msg._properties, msg._encoded_body)
         assert isinstance(wire, m.ImglineMessage)
@@ -129,7 +129,7 @@ def test_a_resent_report_keeps_its_message_id(tmp_path: Path) -> None:
 
     def refuse(msg: fm_message.Message) -> None:
         ids.append(msg.id)
-        raise BrokerError("down")
+        raise BrokerUnavailableError("down")
 
     box.flush(refuse, "imgline")
     bus = Bus()

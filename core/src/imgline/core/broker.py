@@ -34,7 +34,7 @@ import pika.exceptions
 
 from imgline.core.bus import access
 from imgline.core.bus.topology import pipeline_definitions
-from imgline.core.errors import BrokerError
+from imgline.core.errors import BrokerUnavailableError
 from imgline.core.localca import Issued, LocalCA
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def _check_reachable(directory: Path, uid: int) -> None:
     for parent in directory.resolve().parents:
         st = parent.stat()
         if st.st_uid != uid and not st.st_mode & 0o001:
-            raise BrokerError(
+            raise BrokerUnavailableError(
                 f"user {RUN_AS} cannot enter {parent} (mode {st.st_mode & 0o777:o}), so the "
                 f"broker cannot use {directory}: pick a directory under /tmp or /var/tmp"
             )
@@ -119,7 +119,7 @@ class PrivateBroker:
     def tls_url_for(self, user: str) -> str:
         """``user``'s ``amqps://`` URL; the broker's certificate names ``localhost``."""
         if self.tls_port is None:
-            raise BrokerError("this private broker was started without tls=True")
+            raise BrokerUnavailableError("this private broker was started without tls=True")
         return f"amqps://{user}:{self.passwords[user]}@localhost:{self.tls_port}/{access.VHOST}"
 
     def _env(self) -> dict[str, str]:
@@ -144,7 +144,7 @@ class PrivateBroker:
 
     def _prepare(self) -> None:
         if shutil.which("rabbitmq-server") is None:
-            raise BrokerError(f"rabbitmq-server is not on PATH: {INSTALL_HINT}")
+            raise BrokerUnavailableError(f"rabbitmq-server is not on PATH: {INSTALL_HINT}")
         d = self.base_dir
         for sub in ("mnesia", "log", "quorum"):
             (d / sub).mkdir(parents=True, exist_ok=True)
@@ -233,9 +233,9 @@ class PrivateBroker:
         params = pika.URLParameters(self.url + "?connection_attempts=1&socket_timeout=2")
         while True:
             if self._proc is None:
-                raise BrokerError("the private broker was stopped while starting")
+                raise BrokerUnavailableError("the private broker was stopped while starting")
             if self._proc.poll() is not None:
-                raise BrokerError(
+                raise BrokerUnavailableError(
                     f"rabbitmq-server exited with status {self._proc.returncode} while starting; "
                     f"logs in {self.base_dir}:\n{self._log_tail()}"
                 )
@@ -248,7 +248,7 @@ class PrivateBroker:
                     pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise BrokerError(
+                raise BrokerUnavailableError(
                     f"rabbitmq-server did not accept AMQP on port {self.port} within "
                     f"{self.start_timeout:.0f}s; logs in {self.base_dir}:\n{self._log_tail()}"
                 )

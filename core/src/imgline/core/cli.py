@@ -18,7 +18,7 @@ from imgline.core import logs
 from imgline.core.broker import PrivateBroker
 from imgline.core.bus import access
 from imgline.core.bus.topology import default_definitions_json
-from imgline.core.errors import ImglineError
+from imgline.core.errors import ConfigError, ImglineError
 from imgline.core.trust import admin, layout
 from imgline.core.trust.keys import KEY_SUFFIX, REVOKED_SUFFIX, KeyDir
 from imgline.core.trust.repository import State, TufRepository
@@ -63,7 +63,7 @@ def _existing_dir(path: Path, what: str, option: str) -> KeyDir:
     """A key directory that must already exist: a mistyped path (or an offline disk that is
     not mounted) must not become a new, empty key directory with stray keys in it."""
     if not path.is_dir():
-        raise ImglineError(f"{option} {path}: no such directory ({what})")
+        raise ConfigError(f"{option} {path}: no such directory ({what})")
     return KeyDir(path)
 
 
@@ -80,7 +80,7 @@ def _root_keys(args: argparse.Namespace) -> KeyDir | None:
 
 def _repo_init(args: argparse.Namespace) -> int:
     if args.keys.resolve() == args.root_keys.resolve():
-        raise ImglineError(
+        raise ConfigError(
             "--keys and --root-keys must be different directories: the root keys are moved "
             "offline, the online keys stay with the publisher"
         )

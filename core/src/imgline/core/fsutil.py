@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from imgline.core.errors import ImglineError
+from imgline.core.errors import TransientError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,9 @@ def remove_tree(path: Path) -> None:
         subprocess.run(["umount", "--lazy", str(point)], check=False)  # noqa: S603, S607
     left = mounts_below(path)
     if left:
-        raise ImglineError(f"refusing to delete {path}: still mounted: {', '.join(map(str, left))}")
+        raise TransientError(
+            f"refusing to delete {path}: still mounted: {', '.join(map(str, left))}"
+        )
     shutil.rmtree(path)
 
 

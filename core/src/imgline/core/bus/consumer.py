@@ -320,6 +320,7 @@ class Consumer:
     def _handle(
         self, route: _Route, msg: fm_message.Message, d: _Delivery
     ) -> tuple[policy.Outcome, str]:
+        policy.CURRENT_ATTEMPT.set(policy.Attempt(d.attempt, self.settings.delivery_limit))
         try:
             log.info("%s handling (attempt %d): %s", d.ids, d.attempt, msg.summary)
             with self.metrics.handler_seconds.labels(self.settings.service, d.topic).time():

@@ -7,6 +7,7 @@ The rule that stops poison-message loops lives here: a message is tried at most
 from __future__ import annotations
 
 import enum
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 
@@ -30,6 +31,22 @@ class Verdict(enum.Enum):
 class Decision:
     verdict: Verdict
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Which try of a message a handler is on; on the ``last`` one a transient error is final."""
+
+    number: int
+    limit: int
+
+    @property
+    def last(self) -> bool:
+        return self.number >= self.limit
+
+
+#: The try in hand, set by the consumer around each handler call (each runs on its own thread).
+CURRENT_ATTEMPT: ContextVar[Attempt | None] = ContextVar("imgline_attempt", default=None)
 
 
 def _count(value: object) -> int:

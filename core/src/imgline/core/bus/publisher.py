@@ -26,7 +26,7 @@ from imgline.core.bus.metrics import BusMetrics
 from imgline.core.config import BusSettings
 from imgline.core.errors import (
     AccessRefusedError,
-    BrokerError,
+    BrokerUnavailableError,
     PermanentError,
     UnroutableError,
 )
@@ -122,7 +122,7 @@ class Publisher:
                     last,
                 )
                 time.sleep(min(5.0, 0.25 * 2**attempt))
-        raise BrokerError(
+        raise BrokerUnavailableError(
             f"could not publish {routing_key} to exchange {exchange} at {_safe(self.url)} "
             f"after {self.attempts} attempts: {last!r}"
         )

@@ -10,8 +10,10 @@ the second one is told to retry and then finds the first one's result.
 The error model (docs/architecture.md, "Errors and idempotency"): a ``PermanentError`` is an
 outcome, not a crash. The stage turns it into its failure event (``build.failed``, a failed
 ``image.tested``, ``image.rejected``) and the message is acknowledged. A ``TransientError``
-propagates, so the consumer retries the message until its delivery limit. Only messages that
-cannot be decoded, or whose retries ran out, are dead-lettered.
+propagates, so the consumer retries the message, until the last try its delivery limit allows:
+there the error is final too (``RetriesExhaustedError``) and ends in the failure event. Only
+messages that cannot be decoded, or that fail before the work starts (the store unreadable on
+every try), are dead-lettered.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from fedora_messaging import message as fm_message
 
-from imgline.core.errors import PermanentError, TransientError
+from imgline.core.bus.policy import CURRENT_ATTEMPT
+from imgline.core.errors import PermanentError, RetriesExhaustedError, TransientError
 from imgline.core.fsutil import remove_tree
 
 log = logging.getLogger(__name__)
@@ -122,6 +125,13 @@ class StageHandler(Generic[PayloadT]):
             except PermanentError as exc:
                 log.warning("%s failed for good: %s", key, exc)
                 return self.stage.failed(payload, exc, workdir)
+            except TransientError as exc:
+                attempt = CURRENT_ATTEMPT.get()
+                if attempt is None or not attempt.last:
+                    raise
+                final = RetriesExhaustedError(attempt.number, exc)
+                log.warning("%s failed on its last try: %s", key, final)
+                return self.stage.failed(payload, final, workdir)
         finally:
             if not self.keep_workdir:
                 remove_tree(workdir)

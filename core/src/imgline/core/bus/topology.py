@@ -21,7 +21,7 @@ from pika.exceptions import ChannelClosedByBroker
 from imgline.core.bus import access
 from imgline.core.bus.connection import ACCESS_REFUSED, NOT_FOUND
 from imgline.core.config import BusSettings
-from imgline.core.errors import BrokerError
+from imgline.core.errors import AccessRefusedError, BrokerUnavailableError
 
 #: Which topics each pipeline service consumes. Host updaters declare a queue per host at run
 #: time, bound to their own stream (``image.published.<stream>``; ``imgline.updater.agent``).
@@ -128,7 +128,9 @@ def declare(channel: BlockingChannel, topology: Topology) -> None:
             step = f"binding queue {b.queue!r} to {b.exchange!r} with {b.routing_key!r}"
             channel.queue_bind(b.queue, b.exchange, routing_key=b.routing_key)
     except ChannelClosedByBroker as exc:
-        raise BrokerError(f"the broker refused {step}: {_advice(exc)}") from exc
+        if exc.reply_code == ACCESS_REFUSED:
+            raise AccessRefusedError(f"the broker refused {step}: {_advice(exc)}") from exc
+        raise BrokerUnavailableError(f"the broker refused {step}: {_advice(exc)}") from exc
 
 
 def _advice(exc: ChannelClosedByBroker) -> str:

@@ -30,7 +30,12 @@ from imgline.builder.settings import BuilderConfig
 from imgline.core import liveimg
 from imgline.core.artifacts import LocalArtifactStore
 from imgline.core.bus.stage import LOCKS, StageHandler
-from imgline.core.errors import ImglineError, PermanentError, TransientError
+from imgline.core.errors import (
+    ImglineError,
+    PermanentError,
+    RetriesExhaustedError,
+    TransientError,
+)
 from imgline.schemas import payloads as p
 from imgline.schemas.messages import BuildFailedV1, ImageBuiltV1
 
@@ -52,6 +57,16 @@ class BuildFailure(PermanentError):
     """A permanent error and the build stage it happened in (``build.failed`` says both)."""
 
     def __init__(self, stage: str, cause: PermanentError) -> None:
+        super().__init__(str(cause))
+        self.stage = stage
+        self.cause = cause
+
+
+class BuildInterrupted(TransientError):
+    """A transient error and the build stage it happened in: retried, and on the last try
+    ``build.failed`` names the stage."""
+
+    def __init__(self, stage: str, cause: TransientError) -> None:
         super().__init__(str(cause))
         self.stage = stage
         self.cause = cause
@@ -125,10 +140,10 @@ class BuildStage:
                 except ImglineError as exc:
                     build_log.write(f"# FAILED in {progress.stage}: {exc}\n")
                     raise
-        except TransientError:
+        except TransientError as exc:
             self._store_log(req.build_id, log_path)
             self.metrics.builds.labels(req.backend, "retried").inc()
-            raise
+            raise BuildInterrupted(progress.stage, exc) from exc
         except PermanentError as exc:
             raise BuildFailure(progress.stage, exc) from exc
         built = built.model_copy(update={"log_url": self._store_log(req.build_id, log_path)})
@@ -148,18 +163,23 @@ class BuildStage:
     ) -> fm_message.Message:
         """``build.failed`` with the stage, the kickstart line when one is to blame, and the
         build log so far."""
+        origin = error.cause if isinstance(error, RetriesExhaustedError) else error
         stage, cause = (
-            (error.stage, error.cause) if isinstance(error, BuildFailure) else ("fetch", error)
+            (origin.stage, origin.cause)
+            if isinstance(origin, BuildFailure | BuildInterrupted)
+            else ("fetch", origin)
         )
+        # on the last try: "gave up after N attempts: <cause>"
+        text = str(error) if isinstance(error, RetriesExhaustedError) else str(cause)
         req = payload
         line = getattr(cause, "line", None)
-        log.error("build_id=%s failed in %s: %s", req.build_id, stage, cause)
+        log.error("build_id=%s failed in %s: %s", req.build_id, stage, text)
         failed = p.BuildFailed(
             request_id=req.request_id,
             build_id=req.build_id,
             name=req.name,
             stage=stage,  # type: ignore[arg-type]
-            error=str(cause)[:8000] or type(cause).__name__,
+            error=text[:8000] or type(cause).__name__,
             kickstart_line=line if isinstance(line, int) and line > 0 else None,
             log_url=self._store_log(req.build_id, workdir / BUILD_LOG),
         )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from imgline.core.errors import ImglineError
+from imgline.core.errors import PermanentError
 
 
-class UpdaterError(ImglineError):
+class UpdaterError(PermanentError):
     """An install, apply, rollback or health step failed; ``step`` names it for the report.
 
-    The host still boots its previous default when this is raised during an apply.
+    The host still boots its previous default when this is raised during an apply. Permanent
+    for this try: its failure event is ``host.upgrade.failed`` (or the health check's
+    ``host.rolled_back``); the next check starts afresh.
     """
 
     def __init__(self, message: str, step: str = "") -> None:
