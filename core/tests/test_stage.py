@@ -159,3 +159,23 @@ def test_the_lock_is_released_when_its_holder_ends(tmp_path: Path) -> None:
             pass
     with exclusive(tmp_path, "k"):  # free again
         pass
+
+
+def test_a_waiting_taker_gets_the_lock_once_its_holder_is_done(tmp_path: Path) -> None:
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with exclusive(tmp_path, "k"):
+            taken.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(10)
+    with pytest.raises(TransientError, match="try again once it is done"):
+        with exclusive(tmp_path, "k", wait_seconds=0.3):
+            pass
+    threading.Timer(0.3, release.set).start()
+    with exclusive(tmp_path, "k", wait_seconds=10):
+        assert not holder.is_alive() or release.is_set()
+    holder.join(10)

@@ -28,6 +28,7 @@ from tufrepo import Site, client, make_site, make_tested, sync_mirror
 from imgline.core.config import BusSettings
 from imgline.schemas import payloads as p
 from imgline.schemas.messages import HostUpgradeFailedV1
+from imgline.updater import hostlock
 from imgline.updater.agent import Agent, AgentService, PullAgent, outbox_of
 from imgline.updater.errors import UpdaterError
 from imgline.updater.settings import HostConfig, Policy
@@ -179,6 +180,20 @@ def test_the_reboot_waits_for_the_reboot_lock(repo: Repo) -> None:
     assert (verdict.action, verdict.reboot) == ("apply", False)
     assert [v for v, _ in host.applied] == [V2]
     assert host.reboots == 0
+
+
+def test_a_host_another_command_is_changing_is_left_to_the_next_check(repo: Repo) -> None:
+    """A manual ``imgline-updater apply`` or ``rollback`` holds the host's lock: the agent
+    does not apply over it, and applies at its next check once the lock is free."""
+    repo.publish(V1, V2)
+    host = FakeHost(running=V1)
+    agent = make_agent(repo, host)
+    with hostlock.changing(agent.config):
+        verdict = agent.check("message")
+    assert verdict.action == "skip" and verdict.reason.startswith("host busy")
+    assert (host.views, host.applied, downloads(agent)) == (0, [], [])
+    assert agent.check("timer").action == "apply"
+    assert [v for v, _ in host.applied] == [V2]
 
 
 def test_download_only_downloads_and_does_not_apply(repo: Repo) -> None:

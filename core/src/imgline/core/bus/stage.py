@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,18 +68,26 @@ class Stage(Protocol[P_contra]):
 
 
 @contextmanager
-def exclusive(lock_dir: Path, key: str) -> Iterator[None]:
-    """Hold ``<lock_dir>/<key>.lock`` for the block, or raise ``TransientError`` at once when
-    another process holds it. The kernel drops the lock when its holder dies."""
+def exclusive(lock_dir: Path, key: str, *, wait_seconds: float = 0.0) -> Iterator[None]:
+    """Hold ``<lock_dir>/<key>.lock`` for the block, or raise ``TransientError`` when another
+    process still holds it after ``wait_seconds`` (0: at once). The kernel drops the lock when
+    its holder dies, so a crash never leaves it taken."""
     lock_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_dir / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    path = lock_dir / f"{key}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait_seconds
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise TransientError(
-                f"{key} is being worked on by another instance: retrying later"
-            ) from exc
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError as exc:
+                if time.monotonic() >= deadline:
+                    raise TransientError(
+                        f"{key} is being worked on by another instance or command (lock "
+                        f"{path}); try again once it is done"
+                    ) from exc
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
         yield
     finally:
         os.close(fd)

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from imgline.core import logs
 from imgline.core.config import BusSettings, load_settings
 from imgline.core.errors import ConfigError, ImglineError
-from imgline.updater import agent, health
+from imgline.updater import agent, health, hostlock
 from imgline.updater.adapters.system import System
 from imgline.updater.apply import Release
 from imgline.updater.host import LocalHost, machine_id
@@ -113,8 +113,18 @@ class Context:
         return Outbox(self.config.state_dir / "outbox")
 
 
+#: Commands that change the host's layers, boot entries or state: one at a time, and never
+#: while the agent applies (``hostlock``). ``install`` writes another disk; ``run`` locks per check.
+CHANGING = frozenset({"apply", "adopt", "abort", "rollback", "gc", "remove", "health"})
+
+
 def _dispatch(args: argparse.Namespace, bus: BusSettings, config: HostConfig, text: str) -> int:
-    return COMMANDS[args.command](args, Context(bus, config, text))
+    ctx = Context(bus, config, text)
+    if args.command not in CHANGING:
+        return COMMANDS[args.command](args, ctx)
+    wait = hostlock.HEALTH_WAIT_SECONDS if args.command == "health" else 0.0
+    with hostlock.changing(config, wait_seconds=wait):
+        return COMMANDS[args.command](args, ctx)
 
 
 def cmd_install(args: argparse.Namespace, ctx: Context) -> int:
@@ -185,7 +195,9 @@ def cmd_remove(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
-    if ctx.host.adopt() is not None:  # first start on a host anaconda installed
+    with hostlock.changing(ctx.config, wait_seconds=hostlock.HEALTH_WAIT_SECONDS):
+        adopted = ctx.host.adopt()
+    if adopted is not None:  # first start on a host anaconda installed
         log.info("adopted the host anaconda installed")
     return agent.run(ctx.bus, ctx.config, ctx.host)
 

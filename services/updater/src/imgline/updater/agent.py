@@ -19,19 +19,21 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from imgline.core.bus import Consumer, Publisher, topology
 from imgline.core.config import BusSettings
-from imgline.core.errors import ConfigError, ImglineError
+from imgline.core.errors import ConfigError, ImglineError, TransientError
 from imgline.core.trust.client import RepositoryClient
 from imgline.core.trust.errors import TrustError
 from imgline.core.trust.layout import Manifest
 from imgline.schemas import payloads as p
 from imgline.schemas.messages import ImagePublishedV1
 from imgline.schemas.payloads import utcnow
+from imgline.updater import hostlock
 from imgline.updater.domain.policy import Candidate, HostView, Verdict, decide
 from imgline.updater.errors import UpdaterError
 from imgline.updater.outbox import Outbox
@@ -106,6 +108,18 @@ class Agent:
                 exc,
             )
             return Verdict(action="skip", reason=f"repository not readable: {exc}", reboot=False)
+        with ExitStack() as held:
+            try:
+                held.enter_context(hostlock.changing(self.config))
+            except TransientError as exc:
+                log.warning(
+                    "check (%s): the host is busy: %s; the next trigger tries again", reason, exc
+                )
+                return Verdict(action="skip", reason=f"host busy: {exc}", reboot=False)
+            return self._decide_and_act(manifest, reason, manual)
+
+    def _decide_and_act(self, manifest: Manifest | None, reason: str, manual: bool) -> Verdict:
+        """Under the host's lock: what the host runs now decides what to do with ``manifest``."""
         view = self.host.view(self.clock())
         candidate = (
             None
