@@ -313,6 +313,7 @@ def run() -> int:
                 "store_dir": store,
                 "work_dir": str(CACHE / "demo" / "work"),
                 "cache_dir": str(CACHE / "apt" / "bookworm-amd64"),
+                "git_schemes": ["file"],  # the demo's vendor repository is on this machine
             },
         )
         plan = str(REPO / "examples" / "test-plan.toml")

@@ -6,6 +6,7 @@ mmdebstrap, so every handler path runs in seconds; test_builder_e2e.py is its re
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,8 +16,10 @@ import pytest
 from fedora_messaging import message as fm_message
 from prometheus_client import CollectorRegistry
 
+from imgline.builder.adapters import sources
 from imgline.builder.adapters.lorax import LoraxBackend
 from imgline.builder.domain.plan import BuildPlan
+from imgline.builder.errors import SourceError
 from imgline.builder.handlers import BuildMetrics, build_handler
 from imgline.builder.ports import Backend, BuildOutput
 from imgline.builder.settings import BuilderConfig
@@ -70,7 +73,12 @@ class Harness:
         self.backend = TreeBackend()
         self.store = LocalArtifactStore(tmp / "store")
         self.handler = build_handler(
-            BuilderConfig(store_dir=tmp / "store", work_dir=tmp / "work", cache_dir=tmp / "c"),
+            BuilderConfig(
+                store_dir=tmp / "store",
+                work_dir=tmp / "work",
+                cache_dir=tmp / "c",
+                git_schemes=("file",),  # the vendor repositories here are local
+            ),
             self.store,
             backends or {"mmdebstrap": self.backend},
             publish=self.sent.append,
@@ -173,3 +181,35 @@ def test_git_source_with_include_records_the_commit(tmp_path: Path) -> None:
     assert isinstance(missing, BuildFailedV1)
     assert missing.payload.stage == "fetch"
     assert "ks/nope.ks does not exist" in missing.payload.error
+
+
+def test_a_ref_that_git_would_take_for_an_option_runs_nothing(tmp_path: Path) -> None:
+    """The request that ran a command as root on the builder: ``ref = --upload-pack=...``."""
+    repo = tmp_path / "repo"
+    commit_files(repo, {"node.ks": "lang en_US.UTF-8\npart / --size=64\n"})
+    marker = tmp_path / "pwned"
+    hostile = f"--upload-pack=touch {marker};git-upload-pack"
+    h = Harness(tmp_path)
+    msg = h.build(source=p.GitSource(url=f"file://{repo}", ref=hostile, kickstart_path="node.ks"))
+    assert isinstance(msg, BuildFailedV1)
+    assert (msg.payload.stage, msg.payload.kickstart_line) == ("fetch", None)
+    assert "starts with '-', which git reads as an option" in msg.payload.error
+    # and git itself, were the check ever bypassed, reads it as a ref after "--"
+    with pytest.raises(SourceError, match="cannot fetch"):
+        sources.clone(f"file://{repo}", hostile, tmp_path / "checkout", io.StringIO(), ("file",))
+    assert not marker.exists()
+
+
+def test_a_transport_the_config_does_not_allow_is_refused(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    commit_files(repo, {"node.ks": "lang en_US.UTF-8\npart / --size=64\n"})
+    h = Harness(tmp_path)
+    for url in (f"ext::sh -c touch% {tmp_path}/pwned", "https://127.0.0.1:1/x.git"):
+        msg = h.build(
+            request_id=url[:8], source=p.GitSource(url=url, ref="main", kickstart_path="node.ks")
+        )
+        assert isinstance(msg, BuildFailedV1) and msg.payload.stage == "fetch"
+    assert not (tmp_path / "pwned").exists()
+    # git is told the same: a local path is refused when only https is allowed
+    with pytest.raises(SourceError):
+        sources.clone(str(repo), "main", tmp_path / "checkout", io.StringIO(), ("https",))

@@ -133,3 +133,23 @@ def test_generated_script_is_valid_bash() -> None:
     )
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)
     assert "x'\"'\"'y\"z$(rm -rf /)'" in script  # quoted, never expanded
+
+
+def test_a_post_log_path_is_never_run_by_the_shell(tmp_path: Path) -> None:
+    """``%post --log=`` is the kickstart's text: a path holding ``$(...)`` or quotes names a
+    file, it does not run a command on the build host."""
+    (tmp_path / "tmp").mkdir()
+    evil = f"{tmp_path}/log\"$(touch pwned)\"`touch pwned2`"
+    lines = debian._script_lines(
+        "post", 1, Script(body="echo from-post\n", chroot=False, lineno=3, logfile=evil)
+    )
+    subprocess.run(
+        ["bash", "-e", "-c", "\n".join(lines)],
+        check=True,
+        env={"root": str(tmp_path)},
+        cwd=tmp_path,
+    )
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
+    assert Path(evil).read_text() == "from-post\n"
+    inside = debian._script_lines("post", 2, Script(body="x\n", lineno=4, logfile="/a b/$(id)"))
+    assert any(line.endswith(""" >"$root"'/a b/$(id)' 2>&1 || status=$?""") for line in inside)

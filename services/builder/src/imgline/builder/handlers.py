@@ -194,7 +194,7 @@ class BuildStage:
         started: float,
         progress: _Progress,
     ) -> p.ImageBuilt:
-        src = sources.fetch(req.source, workdir, build_log)
+        src = sources.fetch(req.source, workdir, build_log, self.config.git_schemes)
         progress.stage = "parse"
         parsed = parse_kickstart(
             src.text, path=src.path, include_root=src.include_root, syntax=self.config.syntax

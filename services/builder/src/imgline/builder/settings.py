@@ -7,6 +7,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: Transports a build may fetch a kickstart over. git's others (``ext::``, ``fd::``) run
+#: commands or reach outside the network and are never allowed.
+GitScheme = Literal["https", "http", "ssh", "git", "file"]
+
 
 class BuilderConfig(BaseModel):
     """Where the builder keeps things and how it builds; unknown keys are errors."""
@@ -24,3 +28,9 @@ class BuilderConfig(BaseModel):
     compression: Literal["zstd", "xz"] = "zstd"
     build_timeout_seconds: int = Field(default=7200, gt=0)
     keep_workdir: bool = Field(default=False, description="keep the root tree after a build")
+    git_schemes: tuple[GitScheme, ...] = Field(
+        default=("https", "ssh", "git"),
+        min_length=1,
+        description="URL schemes a request's git source may use; add 'file' to build from "
+        "repositories on this machine (the demo and the tests do)",
+    )

@@ -1,8 +1,16 @@
-"""Fetching the kickstart a request names: a shallow git checkout of one commit, or inline text."""
+"""Fetching the kickstart a request names: a shallow git checkout of one commit, or inline text.
+
+The URL, ref and path come from whoever could publish ``build.requested``, so they are checked
+before git sees them (docs/security.md, "Builds"): the URL's transport must be one the config
+allows, nothing may start with ``-`` (git would read it as an option: a ref of
+``--upload-pack=<command>`` runs that command), and ``--`` ends git's options before every
+value from the request. git itself is told to refuse every other transport, too.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -12,6 +20,12 @@ from imgline.core.runner import CommandError, run
 from imgline.schemas.payloads import GitSource, InlineSource
 
 _SHA = re.compile(r"^[0-9a-f]{7,64}$")
+#: ``[user@]host:path``, git's scp-like form of ssh (no ``/`` before the colon).
+_SCP = re.compile(r"^(?:[^@/:\s]+@)?[^@/:\s]+:")
+#: ``<transport>::<address>``, git's form for remote helpers (``ext::sh -c ...``).
+_HELPER = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)::")
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
 _PERMANENT = (
     "not found",
     "does not exist",
@@ -22,6 +36,7 @@ _PERMANENT = (
     "invalid refspec",
     "repository '",
     "does not appear to be a git repository",
+    "not allowed",  # a transport git was told to refuse
 )
 GIT_ENV = {
     "GIT_TERMINAL_PROMPT": "0",  # never wait for a password on a CI/builder host
@@ -42,14 +57,56 @@ class KickstartSource:
     commit: str | None
 
 
-def fetch(source: GitSource | InlineSource, workdir: Path, log: IO[str]) -> KickstartSource:
-    """Materialise the request's kickstart under ``workdir``."""
+def transport(url: str) -> str:
+    """The transport git would use for ``url``: its scheme, ``ssh`` for ``host:path``, the
+    helper's name for ``helper::address``, ``file`` for a plain path."""
+    for pattern in (_HELPER, _URL):
+        match = pattern.match(url)
+        if match:
+            return match.group(1).lower()
+    if _SCP.match(url):
+        return "ssh"
+    return "file"
+
+
+def check_git_source(source: GitSource, schemes: Iterable[str]) -> None:
+    """Refuse a source git could misread: a ``SourceError`` naming the value and the rule."""
+    allowed = sorted(set(schemes))
+    for what, value in (
+        ("url", source.url),
+        ("ref", source.ref),
+        ("kickstart_path", source.kickstart_path),
+    ):
+        if value.startswith("-"):
+            raise SourceError(
+                f"{what} {value[:200]!r} starts with '-', which git reads as an option"
+            )
+        if _UNSAFE.search(value):
+            raise SourceError(f"{what} {value[:200]!r} holds a space or a control character")
+    kind = transport(source.url)
+    if kind not in allowed:
+        raise SourceError(
+            f"url {source.url[:200]!r} uses the {kind!r} transport; this builder fetches only "
+            f"over {', '.join(allowed)} (git_schemes in its config)"
+        )
+
+
+def fetch(
+    source: GitSource | InlineSource,
+    workdir: Path,
+    log: IO[str],
+    schemes: Iterable[str] = ("https", "ssh", "git"),
+) -> KickstartSource:
+    """Materialise the request's kickstart under ``workdir``; git sources only over
+    ``schemes``."""
     if isinstance(source, InlineSource):
         file = workdir / "inline.ks"
         file.write_text(source.kickstart, encoding="utf-8")
         return KickstartSource(source.kickstart, "inline.ks", file, None, None)
+    schemes = tuple(schemes)
+    check_git_source(source, schemes)
     checkout = workdir / "src"
-    commit = clone(source.url, source.commit or source.ref, checkout, log)
+    commit = clone(source.url, source.commit or source.ref, checkout, log, schemes)
     if source.commit and not commit.startswith(source.commit):
         raise SourceError(f"checked out {commit} but the request pinned {source.commit}")
     rel = Path(source.kickstart_path)
@@ -64,16 +121,21 @@ def fetch(source: GitSource | InlineSource, workdir: Path, log: IO[str]) -> Kick
     return KickstartSource(text, source.kickstart_path, target, checkout.resolve(), commit)
 
 
-def clone(url: str, ref: str, dest: Path, log: IO[str]) -> str:
+def clone(
+    url: str, ref: str, dest: Path, log: IO[str], schemes: Iterable[str] = ("https", "ssh", "git")
+) -> str:
     """Shallow-fetch exactly ``ref`` (branch, tag, HEAD or commit) into ``dest``; return the
     commit id. Only one commit's objects are transferred, whatever the history."""
     dest.mkdir(parents=True, exist_ok=True)
-    git = ["git", "-C", str(dest)]
+    protocols = ["-c", "protocol.allow=never"]
+    for scheme in sorted(set(schemes)):
+        protocols += ["-c", f"protocol.{scheme}.allow=always"]
+    git = ["git", "-C", str(dest), *protocols]
     try:
         run([*git, "init", "-q"], log, env=GIT_ENV)
-        run([*git, "remote", "add", "origin", url], log, env=GIT_ENV)
+        run([*git, "remote", "add", "origin", "--", url], log, env=GIT_ENV)
         run(
-            [*git, "-c", "protocol.version=2", "fetch", "-q", "--depth=1", "origin", ref],
+            [*git, "-c", "protocol.version=2", "fetch", "-q", "--depth=1", "origin", "--", ref],
             log,
             env=GIT_ENV,
             timeout=600,

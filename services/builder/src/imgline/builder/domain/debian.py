@@ -118,9 +118,9 @@ def _script_lines(kind: str, index: int, script: Script) -> list[str]:
     else:
         env = 'ANA_INSTALL_PATH="$root" INSTALL_ROOT="$root"'
         run = f'{env} {_q(script.interpreter)} "$root{inside}"'
-    if script.logfile:
-        log = script.logfile if not script.chroot else f"$root{script.logfile}"
-        run += f' >"{log}" 2>&1'
+    if script.logfile:  # quoted: the path is the kickstart's, and may hold "$(...)"
+        log = _q(script.logfile) if not script.chroot else f'"$root"{_q(script.logfile)}'
+        run += f" >{log} 2>&1"
     failure = f"{POST_FAILED} {script.lineno} failed with status $status"
     if script.error_on_fail:
         lines.append(f"status=0; {run} || status=$?")
