@@ -362,7 +362,10 @@ def run() -> int:
         # a git push's trigger: the one user that may ask for builds
         with Publisher(settings, broker.url_for("trigger")) as pub:
             pub.publish(BuildRequestedV1.from_payload(good))
-            log.info("1) published build.requested for node (build_id %s)", good.build_id[:12])
+            log.info(
+                "1) published build.requested %s for node, branch main of the vendor repository",
+                good.request_id,
+            )
             started = time.monotonic()
             topic, event = wait_event(ch, watch, 1800)
             if not topic.endswith("image.built"):
@@ -370,9 +373,12 @@ def run() -> int:
                 return 1
             art = event["artifact"]
             log.info(
-                "   image.built after %.0fs: node-%s, %.1f MiB, sha256 %s…",
+                "   image.built after %.0fs: node-%s of commit %s (build_id %s), %.1f MiB, "
+                "sha256 %s…",
                 time.monotonic() - started,
                 event["version"],
+                str(event["source_commit"])[:12],
+                event["build_id"][:12],
                 art["size"] / 2**20,
                 art["sha256"][:16],
             )

@@ -34,6 +34,13 @@ class FakeStage:
         self.runs: list[tuple[str, Path]] = []
         self.behaviour = behaviour
 
+    def resolve(self, payload: str) -> str:
+        if payload.startswith("unknown-"):
+            raise PermanentError(f"{payload} names nothing")
+        if payload.startswith("later-"):
+            raise TransientError(f"{payload}: the server is down")
+        return payload.removeprefix("branch-")  # a request that names "branch-x" means "x"
+
     def key(self, payload: str) -> str:
         return f"k-{payload}"
 
@@ -51,7 +58,10 @@ class FakeStage:
         return event(f"done-{payload}")
 
     def failed(self, payload: str, error: PermanentError, workdir: Path) -> fm_message.Message:
-        assert (workdir / "scratch").exists()  # still there for the failure report
+        if self.runs:
+            assert (workdir / "scratch").exists()  # still there for the failure report
+        else:  # resolve() failed: there was no work and is no scratch directory
+            assert not workdir.exists()
         return event(f"failed-{payload}: {error}")
 
 
@@ -179,3 +189,30 @@ def test_a_waiting_taker_gets_the_lock_once_its_holder_is_done(tmp_path: Path) -
     with exclusive(tmp_path, "k", wait_seconds=10):
         assert not holder.is_alive() or release.is_set()
     holder.join(10)
+
+
+def test_what_a_request_means_is_settled_before_replay_and_work(tmp_path: Path) -> None:
+    stage, sent = FakeStage(), []
+    h = handler(stage, tmp_path, sent)
+    h(Msg("x"))
+    h(Msg("branch-x"))  # names the same work as "x": its result, not new work
+    assert [m.body["event"] for m in sent] == ["done-x", "done-x"]
+    assert [p for p, _ in stage.runs] == ["x"]
+
+
+def test_a_request_that_cannot_be_settled_ends_in_the_failure_event(tmp_path: Path) -> None:
+    stage, sent = FakeStage(), []
+    h = handler(stage, tmp_path, sent)
+    h(Msg("unknown-y"))
+    with pytest.raises(TransientError):
+        h(Msg("later-z"))
+    token = CURRENT_ATTEMPT.set(Attempt(5, 5))
+    try:
+        h(Msg("later-z"))
+    finally:
+        CURRENT_ATTEMPT.reset(token)
+    assert [m.body["event"] for m in sent] == [
+        "failed-unknown-y: unknown-y names nothing",
+        "failed-later-z: gave up after 5 attempts: later-z: the server is down",
+    ]
+    assert stage.runs == []

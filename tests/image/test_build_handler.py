@@ -127,9 +127,9 @@ def test_inline_kickstart_becomes_a_stored_liveimg(tmp_path: Path) -> None:
 def test_same_request_is_not_built_twice_and_versions_count_up(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     first = h.build()
-    again = h.build(request_id="r1-redelivered")
+    again = h.build(request_id="r1-again")
     assert h.backend.calls == 1
-    assert again.body == first.body
+    assert again.body == {**first.body, "request_id": "r1-again"}  # answers its own request
     other = h.build(stream="testing")
     assert other.payload.version == "20261123.2"
     pinned = h.build(version="1.0", stream="lts")
@@ -213,3 +213,47 @@ def test_a_transport_the_config_does_not_allow_is_refused(tmp_path: Path) -> Non
     # git is told the same: a local path is refused when only https is allowed
     with pytest.raises(SourceError):
         sources.clone(str(repo), "main", tmp_path / "checkout", io.StringIO(), ("https",))
+
+
+def test_an_unpinned_branch_builds_the_commit_it_names_now(tmp_path: Path) -> None:
+    """Two requests for the same branch, before and after a push that changed the kickstart:
+    two builds, the second of the new commit. The same commit again is the first build."""
+    repo = tmp_path / "repo"
+    first_commit = commit_files(repo, {"node.ks": KS})
+    source = p.GitSource(url=f"file://{repo}", ref="main", kickstart_path="node.ks")
+    h = Harness(tmp_path)
+    first = h.build(request_id="push-1", source=source)
+    assert isinstance(first, ImageBuiltV1), first.body
+    second_commit = commit_files(repo, {"node.ks": KS.replace("%end", "curl\n%end")})
+    second = h.build(request_id="push-2", source=source)
+    assert isinstance(second, ImageBuiltV1), second.body
+    assert first.payload.source_commit == first_commit
+    assert second.payload.source_commit == second_commit
+    assert second.payload.build_id != first.payload.build_id
+    assert second.payload.version == "20261123.2"
+    assert "curl" in h.backend.plans[-1].packages
+    # a third request for the branch, still at the second commit: no new build
+    third = h.build(request_id="push-3", source=source)
+    assert h.backend.calls == 2
+    assert (third.payload.build_id, third.payload.request_id) == (
+        second.payload.build_id,
+        "push-3",
+    )
+    # the build_id is the request's with the commit pinned
+    pinned = source.model_copy(update={"commit": second_commit})
+    assert (
+        second.payload.build_id
+        == p.BuildRequested(request_id="x", name="node", source=pinned).build_id
+    )
+
+
+def test_a_branch_that_does_not_exist_is_build_failed(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    commit_files(repo, {"node.ks": KS})
+    h = Harness(tmp_path)
+    msg = h.build(
+        source=p.GitSource(url=f"file://{repo}", ref="no-such-branch", kickstart_path="node.ks")
+    )
+    assert isinstance(msg, BuildFailedV1)
+    assert msg.payload.stage == "fetch"
+    assert "has no branch or tag 'no-such-branch'" in msg.payload.error

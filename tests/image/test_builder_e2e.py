@@ -57,7 +57,10 @@ def test_node_ks_builds_through_the_broker(amqp_url: str, tmp_path: Path) -> Non
     assert "artifact" in event, f"build failed: {event}"
 
     built = ImageBuiltV1(body=event, topic="imgline.image.built").payload
-    assert built.build_id == req.build_id
+    # the branch was resolved to its commit, which is part of the build's identity
+    pinned = req.model_copy(update={"source": req.source.model_copy(update={"commit": commit})})
+    assert built.build_id == p.BuildRequested.model_construct_id(pinned.model_dump(mode="json"))
+    assert built.request_id == req.request_id
     assert built.source_commit == commit
     assert built.version.startswith(time.strftime("%Y%m%d", time.gmtime()))
     check_image(built, LocalArtifactStore(store_dir), tmp_path)

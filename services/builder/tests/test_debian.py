@@ -139,7 +139,7 @@ def test_a_post_log_path_is_never_run_by_the_shell(tmp_path: Path) -> None:
     """``%post --log=`` is the kickstart's text: a path holding ``$(...)`` or quotes names a
     file, it does not run a command on the build host."""
     (tmp_path / "tmp").mkdir()
-    evil = f"{tmp_path}/log\"$(touch pwned)\"`touch pwned2`"
+    evil = f'{tmp_path}/log"$(touch pwned)"`touch pwned2`'
     lines = debian._script_lines(
         "post", 1, Script(body="echo from-post\n", chroot=False, lineno=3, logfile=evil)
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from imgline.builder.adapters.sources import check_git_source, transport
+from imgline.builder.adapters.sources import check_git_source, pick_commit, transport
 from imgline.builder.errors import SourceError
 from imgline.schemas.payloads import GitSource
 
@@ -81,3 +81,33 @@ def test_local_repositories_only_when_the_config_allows_file() -> None:
     check_git_source(source("/srv/git/os.git"), ("file",))
     with pytest.raises(SourceError, match="fetches only over file"):
         check_git_source(source(), ("file",))
+
+
+A, B, C, T = "a" * 40, "b" * 40, "c" * 40, "d" * 40
+LISTING = f"""{A}\tHEAD
+{A}\trefs/heads/main
+{B}\trefs/heads/feature/main
+{C}\trefs/heads/v2
+{T}\trefs/tags/v2
+{B}\trefs/tags/v2^{{}}
+{C}\trefs/tags/light
+warning: redirecting to https://git.example/os.git/
+"""
+
+
+@pytest.mark.parametrize(
+    ("ref", "commit"),
+    [
+        ("HEAD", A),
+        ("main", A),  # not feature/main, whose name only ends the same
+        ("refs/heads/main", A),
+        ("feature/main", B),
+        ("v2", B),  # a tag before a branch of the same name, as git looks them up; peeled
+        ("refs/heads/v2", C),
+        ("light", C),  # a lightweight tag is the commit itself
+        ("nope", None),
+        ("ain", None),
+    ],
+)
+def test_a_ref_is_the_commit_git_would_fetch_for_it(ref: str, commit: str | None) -> None:
+    assert pick_commit(LISTING, ref) == commit

@@ -35,7 +35,7 @@ from imgline.core.fsutil import remove_tree
 
 log = logging.getLogger(__name__)
 
-P_contra = TypeVar("P_contra", contravariant=True)
+P = TypeVar("P")
 PayloadT = TypeVar("PayloadT")
 
 Publish = Callable[[fm_message.Message], None]
@@ -45,25 +45,31 @@ Publish = Callable[[fm_message.Message], None]
 LOCKS = ".locks"
 
 
-class Stage(Protocol[P_contra]):
-    """What differs between the services: where to look for a stored result, the work, and
-    the event a permanent failure ends in."""
+class Stage(Protocol[P]):
+    """What differs between the services: what the request really names, where to look for a
+    stored result, the work, and the event a permanent failure ends in."""
 
-    def key(self, payload: P_contra) -> str:
+    def resolve(self, payload: P) -> P:
+        """The payload with what it leaves open settled (the builder resolves a branch to its
+        commit, which is part of the build's identity); most stages return it as it is."""
+        ...
+
+    def key(self, payload: P) -> str:
         """Names the work: its lock and its scratch directory (a safe file name)."""
         ...
 
-    def replay(self, payload: P_contra) -> fm_message.Message | None:
+    def replay(self, payload: P) -> fm_message.Message | None:
         """The event for a result stored by an earlier delivery, or None."""
         ...
 
-    def run(self, payload: P_contra, workdir: Path) -> fm_message.Message | None:
+    def run(self, payload: P, workdir: Path) -> fm_message.Message | None:
         """Do the work in ``workdir`` (empty, private); store the result; return its event
         (None only when there is truly nothing to announce, e.g. a long-retired release)."""
         ...
 
-    def failed(self, payload: P_contra, error: PermanentError, workdir: Path) -> fm_message.Message:
-        """The failure event for ``error`` (``workdir`` still holds what ``run`` left)."""
+    def failed(self, payload: P, error: PermanentError, workdir: Path) -> fm_message.Message:
+        """The failure event for ``error`` (``workdir`` still holds what ``run`` left; it does
+        not exist when ``resolve`` failed)."""
         ...
 
 
@@ -112,17 +118,24 @@ class StageHandler(Generic[PayloadT]):
         self.keep_workdir = keep_workdir
 
     def __call__(self, msg: Any) -> None:
-        payload: PayloadT = msg.payload
-        event = self.stage.replay(payload)
-        if event is None:
-            key = self.stage.key(payload)
-            with exclusive(self.lock_dir, key):
-                # another instance may have finished while this delivery waited
-                event = self.stage.replay(payload) or self._work(payload, key)
-        else:
-            log.info("%s: result stored by an earlier delivery, announced again", event.topic)
+        event = self.handle(msg.payload)
         if event is not None:
             self.publish(event)
+
+    def handle(self, payload: PayloadT) -> fm_message.Message | None:
+        """The event that answers ``payload``: a stored result, new work's, or a failure."""
+        try:
+            payload = self.stage.resolve(payload)
+        except (PermanentError, TransientError) as exc:
+            return self._failure(payload, exc, self.work_dir / "unresolved")
+        event = self.stage.replay(payload)
+        if event is not None:
+            log.info("%s: result stored by an earlier delivery, announced again", event.topic)
+            return event
+        key = self.stage.key(payload)
+        with exclusive(self.lock_dir, key):
+            # another instance may have finished while this delivery waited
+            return self.stage.replay(payload) or self._work(payload, key)
 
     def _work(self, payload: PayloadT, key: str) -> fm_message.Message | None:
         workdir = self.work_dir / key
@@ -131,16 +144,21 @@ class StageHandler(Generic[PayloadT]):
         try:
             try:
                 return self.stage.run(payload, workdir)
-            except PermanentError as exc:
-                log.warning("%s failed for good: %s", key, exc)
-                return self.stage.failed(payload, exc, workdir)
-            except TransientError as exc:
-                attempt = CURRENT_ATTEMPT.get()
-                if attempt is None or not attempt.last:
-                    raise
-                final = RetriesExhaustedError(attempt.number, exc)
-                log.warning("%s failed on its last try: %s", key, final)
-                return self.stage.failed(payload, final, workdir)
+            except (PermanentError, TransientError) as exc:
+                return self._failure(payload, exc, workdir)
         finally:
             if not self.keep_workdir:
                 remove_tree(workdir)
+
+    def _failure(
+        self, payload: PayloadT, exc: PermanentError | TransientError, workdir: Path
+    ) -> fm_message.Message:
+        """The failure event for a permanent error, or for a transient one on the last try;
+        any other transient error is raised again, for the consumer to retry."""
+        if isinstance(exc, TransientError):
+            attempt = CURRENT_ATTEMPT.get()
+            if attempt is None or not attempt.last:
+                raise exc
+            exc = RetriesExhaustedError(attempt.number, exc)
+        log.warning("failed for good: %s", exc)
+        return self.stage.failed(payload, exc, workdir)

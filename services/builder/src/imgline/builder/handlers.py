@@ -8,6 +8,7 @@ what may pass (a git server or mirror that did not answer) is retried.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -109,6 +110,40 @@ class BuildStage:
         self.metrics = metrics
         self.clock = clock
 
+    def resolve(self, payload: p.BuildRequested) -> p.BuildRequested:
+        """A git source without a pinned commit gets the commit its ref names now, and with it
+        a build_id of its own: the same commit twice is one build, a new commit a new build
+        (a push is never answered with the image of an older commit). Requesters match the
+        answer by ``request_id``."""
+        src = payload.source
+        if not isinstance(src, p.GitSource) or src.commit is not None:
+            return payload
+        sources.check_git_source(src, self.config.git_schemes)
+        said = io.StringIO()
+        try:
+            commit = sources.resolve_ref(src.url, src.ref, said, self.config.git_schemes)
+        except ImglineError:
+            log.warning(
+                "request_id=%s: resolving %s: %s",
+                payload.request_id,
+                src.ref,
+                said.getvalue()[-2000:],
+            )
+            raise
+        data = payload.model_dump(mode="json")
+        data["source"]["commit"] = commit
+        data["build_id"] = ""
+        resolved = p.BuildRequested.model_validate(data)
+        log.info(
+            "request_id=%s: %s of %s is commit %s: build_id=%s",
+            payload.request_id,
+            src.ref,
+            src.url,
+            commit[:12],
+            resolved.build_id,
+        )
+        return resolved
+
     def key(self, payload: p.BuildRequested) -> str:
         return payload.build_id
 
@@ -116,7 +151,10 @@ class BuildStage:
         previous = self.store.read_record(BUILDS, payload.build_id)
         if previous is None:
             return None
-        built = p.ImageBuilt.model_validate_json(previous)
+        # the answer names the request in hand: another push of the same commit is told too
+        built = p.ImageBuilt.model_validate_json(previous).model_copy(
+            update={"request_id": payload.request_id}
+        )
         log.info(
             "build_id=%s already built as %s",
             payload.build_id,

@@ -20,6 +20,7 @@ from imgline.core.runner import CommandError, run
 from imgline.schemas.payloads import GitSource, InlineSource
 
 _SHA = re.compile(r"^[0-9a-f]{7,64}$")
+_FULL_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 #: ``[user@]host:path``, git's scp-like form of ssh (no ``/`` before the colon).
 _SCP = re.compile(r"^(?:[^@/:\s]+@)?[^@/:\s]+:")
 #: ``<transport>::<address>``, git's form for remote helpers (``ext::sh -c ...``).
@@ -121,16 +122,71 @@ def fetch(
     return KickstartSource(text, source.kickstart_path, target, checkout.resolve(), commit)
 
 
+def pick_commit(listing: str, ref: str) -> str | None:
+    """The commit ``ref`` names in ``git ls-remote`` output, by git's own order of lookup
+    (``<ref>``, ``refs/<ref>``, ``refs/tags/<ref>``, ``refs/heads/<ref>``); an annotated tag
+    gives the commit it points at. None when no ref has that name."""
+    refs: dict[str, str] = {}
+    for line in listing.splitlines():
+        sha, _, name = line.partition("\t")
+        if _FULL_SHA.match(sha) and name:
+            refs[name] = sha
+    for name in (ref, f"refs/{ref}", f"refs/tags/{ref}", f"refs/heads/{ref}"):
+        if name in refs:
+            return refs.get(f"{name}^{{}}", refs[name])
+    return None
+
+
+def resolve_ref(
+    url: str, ref: str, log: IO[str], schemes: Iterable[str] = ("https", "ssh", "git")
+) -> str:
+    """The commit ``ref`` names in ``url`` now: what makes an unpinned request's identity, so
+    a push that changed the kickstart is a new build and never gets the previous image."""
+    if _FULL_SHA.match(ref):
+        return ref
+    if _SHA.match(ref):
+        raise SourceError(
+            f"ref {ref!r} looks like an abbreviated commit id: pin the full id as 'commit', "
+            "or name a branch or tag"
+        )
+    git = ["git", *_protocols(schemes)]
+    try:
+        out = run([*git, "ls-remote", "--", url, ref, f"{ref}^{{}}"], log, env=GIT_ENV, timeout=120)
+    except CommandError as exc:
+        raise _fetch_error(exc, url, ref) from exc
+    commit = pick_commit(out, ref)
+    if commit is None:
+        raise SourceError(f"{url} has no branch or tag {ref!r}")
+    return commit
+
+
+def _protocols(schemes: Iterable[str]) -> list[str]:
+    """git options that allow only ``schemes`` as transports."""
+    options = ["-c", "protocol.allow=never"]
+    for scheme in sorted(set(schemes)):
+        options += ["-c", f"protocol.{scheme}.allow=always"]
+    return options
+
+
+def _fetch_error(exc: CommandError, url: str, ref: str) -> SourceError | SourceUnavailableError:
+    text = f"{exc}".lower()
+    hint = (
+        " (a bare commit id needs a server that allows fetching by id; pin a branch or tag)"
+        if _SHA.match(ref)
+        else ""
+    )
+    if any(marker in text for marker in _PERMANENT):
+        return SourceError(f"cannot fetch {ref!r} from {url}: {exc.tail or exc}{hint}")
+    return SourceUnavailableError(f"git fetch from {url} failed: {exc.tail or exc}")
+
+
 def clone(
     url: str, ref: str, dest: Path, log: IO[str], schemes: Iterable[str] = ("https", "ssh", "git")
 ) -> str:
     """Shallow-fetch exactly ``ref`` (branch, tag, HEAD or commit) into ``dest``; return the
     commit id. Only one commit's objects are transferred, whatever the history."""
     dest.mkdir(parents=True, exist_ok=True)
-    protocols = ["-c", "protocol.allow=never"]
-    for scheme in sorted(set(schemes)):
-        protocols += ["-c", f"protocol.{scheme}.allow=always"]
-    git = ["git", "-C", str(dest), *protocols]
+    git = ["git", "-C", str(dest), *_protocols(schemes)]
     try:
         run([*git, "init", "-q"], log, env=GIT_ENV)
         run([*git, "remote", "add", "origin", "--", url], log, env=GIT_ENV)
@@ -143,13 +199,5 @@ def clone(
         run([*git, "checkout", "-q", "--detach", "FETCH_HEAD"], log, env=GIT_ENV)
         out = run([*git, "rev-parse", "HEAD"], log, env=GIT_ENV)
     except CommandError as exc:
-        text = f"{exc}".lower()
-        hint = (
-            " (a bare commit id needs a server that allows fetching by id; pin a branch or tag)"
-            if _SHA.match(ref)
-            else ""
-        )
-        if any(marker in text for marker in _PERMANENT):
-            raise SourceError(f"cannot fetch {ref!r} from {url}: {exc.tail or exc}{hint}") from exc
-        raise SourceUnavailableError(f"git fetch from {url} failed: {exc.tail or exc}") from exc
+        raise _fetch_error(exc, url, ref) from exc
     return out.strip()
