@@ -257,3 +257,17 @@ def test_a_branch_that_does_not_exist_is_build_failed(tmp_path: Path) -> None:
     assert isinstance(msg, BuildFailedV1)
     assert msg.payload.stage == "fetch"
     assert "has no branch or tag 'no-such-branch'" in msg.payload.error
+
+
+def test_without_part_root_the_image_is_its_content_plus_the_headroom(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    msg = h.build(
+        source=p.InlineSource(kickstart=KS.replace("part / --size=64 --fstype=ext4\n", ""))
+    )
+    assert isinstance(msg, ImageBuiltV1), msg.body
+    rootfs = liveimg.extract_rootfs(h.store.path_for(msg.payload.artifact.sha256), tmp_path / "x")
+    liveimg.fsck(rootfs)
+    size_mib = rootfs.stat().st_size // liveimg.MIB
+    assert 256 < size_mib < 256 + 64  # the headroom and a tree of a few files
+    log_text = h.store.read_record("logs", f"{msg.payload.build_id}.log") or b""
+    assert b"no part /" in log_text

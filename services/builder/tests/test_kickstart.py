@@ -392,11 +392,8 @@ def test_inline_kickstart_cannot_include() -> None:
         (ROOT + "%post\ntrue\n%end\n%packages", 5, "Section %packages does not end with %end."),
         (ROOT + "%post --interpreter\ntrue\n%end\n", 2, "argument --interpreter: expected one"),
         (ROOT + 'lang "de_DE\n', 2, "No closing quotation"),
-        ("lang C\n", None, "the image needs `part / --size=N --fstype=ext4`"),
-        ("part swap --size=512\n", None, "the image needs `part / --size=N --fstype=ext4`"),
         ("lang C\npart / --size=100 --fstype=xfs\n", 2, "part / --fstype=xfs: images are built"),
-        ("lang C\npart / --fstype=ext4\n", 2, "part / needs --size=N"),
-        (ROOT + "part / --size=5 --fstype=ext4\n", 2, "part / is given twice"),
+        ("lang C\npart / --size=-5 --fstype=ext4\n", 2, "part / --size=-5: the size is a positive"),
         (ROOT + "url --mirrorlist=http://m/list\n", 2, "url needs --url="),
         (ROOT + "repo --name=x --mirrorlist=http://m/list\n", 2, "repo --name=x needs --baseurl"),
     ],
@@ -410,6 +407,39 @@ def test_parse_errors_carry_line_and_message(
     assert message in error.detail
     assert "The following problem occurred" not in str(error)
     assert "\n" not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("kickstart", "size", "warning"),
+    [
+        ("lang C\n", None, "no part /: the image's root is ext4, sized to its content"),
+        ("part swap --size=512\n", None, "no part /: the image's root is ext4"),
+        ("lang C\npart / --fstype=ext4\n", None, "kickstart.ks:2: part / has no --size"),
+        (
+            ROOT + "part / --size=5 --fstype=ext4\n",
+            5,
+            "kickstart.ks:1: part / is replaced by the later one at kickstart.ks:2",
+        ),
+    ],
+)
+def test_part_root_may_be_left_out_or_given_again(
+    kickstart: str, size: int | None, warning: str
+) -> None:
+    parsed = parse_kickstart(kickstart, path="kickstart.ks")
+    assert parsed.plan.rootfs.size_mib == size
+    assert any(w.startswith(warning) for w in parsed.warnings), parsed.warnings
+
+
+def test_a_variant_resizes_the_base_it_includes(tmp_path: Path) -> None:
+    """The shape of real live kickstarts: a base that each variant includes and resizes."""
+    (tmp_path / "base.ks").write_text("lang C\npart / --size=3072 --fstype=ext4\n")
+    variant = "%include base.ks\npart / --size=6144\n"
+    parsed = parse_kickstart(variant, path="variant.ks", include_root=tmp_path)
+    assert parsed.plan.rootfs.size_mib == 6144
+    assert any(
+        w.startswith("base.ks:2: part / is replaced by the later one at variant.ks:2")
+        for w in parsed.warnings
+    ), parsed.warnings
 
 
 def test_removed_command_that_matters_stays_an_error() -> None:

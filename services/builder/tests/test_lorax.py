@@ -6,12 +6,14 @@ here (the real refusal is exercised in tests/image/test_build_handler.py).
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 
 from imgline.builder.adapters.lorax import LoraxBackend, lmc_command
-from imgline.builder.errors import BackendUnavailableError
+from imgline.builder.domain.plan import BuildPlan, RootFs
+from imgline.builder.errors import BackendError, BackendUnavailableError
 
 pytestmark = pytest.mark.unit
 
@@ -35,3 +37,9 @@ def test_missing_lorax_is_refused_with_advice(
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(BackendUnavailableError, match=r"dnf install lorax.*backend 'mmdebstrap'"):
         LoraxBackend(60).check_available()
+
+
+def test_a_kickstart_without_a_root_size_is_refused_before_lmc_runs(tmp_path: Path) -> None:
+    plan = BuildPlan(rootfs=RootFs())
+    with pytest.raises(BackendError, match=r"add that line"):
+        LoraxBackend(60).build(plan, tmp_path / "ks", tmp_path, io.StringIO())

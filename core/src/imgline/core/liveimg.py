@@ -506,20 +506,24 @@ def assemble(
     root: Path,
     out: Path,
     *,
-    size_mib: int,
+    size_mib: int | None,
     meta: dict[str, Any],
     compression: str = "zstd",
     workdir: Path,
     log_file: IO[str] | None = None,
+    headroom_mib: int = 0,
 ) -> Path:
     """Turn the root tree into the liveimg ``out``: prepare, size-check, ext4, squashfs.
 
-    The intermediate ext4 (sparse, up to ``size_mib``) lives in a private directory under
-    ``workdir`` and is removed afterwards, whatever happens.
+    ``size_mib`` None sizes the ext4 to the tree plus ``headroom_mib`` (a kickstart without
+    ``part / --size``). The intermediate ext4 (sparse, up to its size) lives in a private
+    directory under ``workdir`` and is removed afterwards, whatever happens.
     """
     squashfs_command(Path("stage"), out, compression)  # fail on a bad option before any work
     prepare_tree(root, meta)
     stats = tree_stats(root)
+    if size_mib is None:
+        size_mib = min_size_mib(stats.size_bytes, stats.inodes) + headroom_mib
     check_fits(stats.size_bytes, stats.inodes, size_mib)
     log.info(
         "assembling %s from %s: %d MiB of files, %d inodes, part / %d MiB, %s",

@@ -294,6 +294,7 @@ class BuildStage:
                 output.tree,
                 out,
                 size_mib=plan.rootfs.size_mib,
+                headroom_mib=self.config.rootfs_headroom_mib,
                 meta=meta,
                 compression=self.config.compression,
                 workdir=workdir,

@@ -554,7 +554,10 @@ def _selinux(value: object) -> Literal["enforcing", "permissive", "disabled"] | 
 
 def _rootfs(handler: Any, expanded: _Expanded, notes: _Notes) -> RootFs:
     """``part /`` sizes the image's ext4 root; every other partition is the installer's business
-    (an image has exactly one file system), so it is reported and ignored."""
+    (an image has exactly one file system), so it is reported and ignored. A later ``part /``
+    replaces an earlier one, as in pykickstart and anaconda: a variant ``%include``s its base
+    and resizes it. Without ``part /`` (or its ``--size``), the image is as large as its
+    content plus the builder's headroom."""
     roots: list[Any] = []
     for data in handler.partition.partitions:
         if data.mountpoint == "/":
@@ -565,18 +568,16 @@ def _rootfs(handler: Any, expanded: _Expanded, notes: _Notes) -> RootFs:
                 data.lineno,
             )
     if not roots:
-        raise KickstartError(
-            "the image needs `part / --size=N --fstype=ext4` (its root file system size in MiB)",
-            path=expanded.main,
+        notes.add(
+            "no part /: the image's root is ext4, sized to its content plus the builder's "
+            "headroom (rootfs_headroom_mib)",
+            None,
         )
-    root, *again = roots
-    if again:
-        first = expanded.origin(root.lineno)
-        raise expanded.error(
-            f"part / is given twice (first at {first.path}:{first.line})"
-            if first
-            else "part / is given twice",
-            again[0].lineno,
+        return RootFs()
+    *earlier, root = roots
+    for old in earlier:
+        notes.add(
+            f"part / is replaced by the later one at {expanded.where(root.lineno)}", old.lineno
         )
     fstype = _text(root.fstype)
     if fstype is None:
@@ -586,9 +587,15 @@ def _rootfs(handler: Any, expanded: _Expanded, notes: _Notes) -> RootFs:
             f"part / --fstype={fstype}: images are built as ext4, use --fstype=ext4", root.lineno
         )
     size = _number(root.size)
-    if size is None or size <= 0:
+    if size is not None and size <= 0:
         raise expanded.error(
-            "part / needs --size=N (MiB) for the image's root file system", root.lineno
+            f"part / --size={size}: the size is a positive number of MiB", root.lineno
+        )
+    if size is None:
+        notes.add(
+            "part / has no --size: the image is sized to its content plus the builder's "
+            "headroom (rootfs_headroom_mib)",
+            root.lineno,
         )
     if root.grow or root.maxSizeMB:
         notes.add("part / --grow/--maxsize are ignored: the image is --size MiB", root.lineno)

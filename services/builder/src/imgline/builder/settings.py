@@ -28,6 +28,13 @@ class BuilderConfig(BaseModel):
     compression: Literal["zstd", "xz"] = "zstd"
     build_timeout_seconds: int = Field(default=7200, gt=0)
     keep_workdir: bool = Field(default=False, description="keep the root tree after a build")
+    rootfs_headroom_mib: int = Field(
+        default=256,
+        ge=0,
+        le=1 << 20,
+        description="free space an image gets beyond its content when the kickstart gives no "
+        "part / --size",
+    )
     git_schemes: tuple[GitScheme, ...] = Field(
         default=("https", "ssh", "git"),
         min_length=1,

@@ -55,6 +55,11 @@ class LoraxBackend:
             raise BackendUnavailableError("livemedia-creator --no-virt must run as root")
 
     def build(self, plan: BuildPlan, kickstart: Path, workdir: Path, log: IO[str]) -> BuildOutput:
+        if plan.rootfs.size_mib is None:
+            raise BackendError(
+                "livemedia-creator makes the image as large as `part / --size=N`: add that "
+                "line (only the mmdebstrap backend sizes an image from its content)"
+            )
         (workdir / "lmc-tmp").mkdir(parents=True, exist_ok=True)
         log.write(f"# kickstart syntax checked for {len(plan.packages)} packages\n")
         try:

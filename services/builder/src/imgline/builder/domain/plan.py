@@ -52,7 +52,9 @@ class Script(PlanModel):
 class RootFs(PlanModel):
     """``part /``: the size and type of the image's root file system."""
 
-    size_mib: int = Field(gt=0)
+    size_mib: int | None = Field(
+        default=None, gt=0, description="None: the content's size plus the builder's headroom"
+    )
     fstype: Literal["ext4"] = "ext4"
     fsoptions: str | None = None
     label: str | None = None
