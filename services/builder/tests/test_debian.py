@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from imgline.builder.adapters.mmdebstrap import MmdebstrapBackend
 from imgline.builder.domain import debian
 from imgline.builder.domain.plan import BuildPlan, Repo, RootFs, RootPassword, Script, User
+from imgline.builder.errors import BackendError
 
 pytestmark = pytest.mark.unit
 
@@ -153,3 +156,45 @@ def test_a_post_log_path_is_never_run_by_the_shell(tmp_path: Path) -> None:
     assert Path(evil).read_text() == "from-post\n"
     inside = debian._script_lines("post", 2, Script(body="x\n", lineno=4, logfile="/a b/$(id)"))
     assert any(line.endswith(""" >"$root"'/a b/$(id)' 2>&1 || status=$?""") for line in inside)
+
+
+def test_kickstart_repositories_follow_the_main_mirror(tmp_path: Path) -> None:
+    extra = ("http://r/extra",)
+    cmd = debian.mmdebstrap_command(
+        plan(),
+        suite="bookworm",
+        target=tmp_path,
+        hook=tmp_path / "h",
+        cache_dir=tmp_path,
+        extra=extra,
+    )
+    assert cmd[-2:] == [debian.DEFAULT_MIRROR, "http://r/extra"]  # the default stays
+    cmd = debian.mmdebstrap_command(
+        plan(),
+        suite="bookworm",
+        target=tmp_path,
+        hook=tmp_path / "h",
+        cache_dir=tmp_path,
+        mirror="http://m/debian",
+        extra=extra,
+    )
+    assert cmd[-2:] == ["http://m/debian", "http://r/extra"]
+    plain = debian.mmdebstrap_command(
+        plan(), suite="bookworm", target=tmp_path, hook=tmp_path / "h", cache_dir=tmp_path
+    )
+    assert plain[-1] == str(tmp_path)  # no mirror given: mmdebstrap's own default
+
+
+@pytest.mark.parametrize(
+    "repo",
+    [
+        Repo(name="base", mirrorlist="https://m/list", where="node.ks:3"),
+        Repo(name="updates", metalink="https://m/metalink", where="node.ks:3"),
+    ],
+)
+def test_mmdebstrap_refuses_mirror_lists_naming_the_line(repo: Repo, tmp_path: Path) -> None:
+    backend = MmdebstrapBackend("bookworm", tmp_path, None, 60)
+    built = plan(mirror=repo) if repo.name == "base" else plan(repos=(repo,))
+    with pytest.raises(BackendError, match=r"^node\.ks:3: the mmdebstrap backend needs") as refused:
+        backend.build(built, tmp_path / "ks", tmp_path, io.StringIO())
+    assert refused.value.line == 3

@@ -155,14 +155,14 @@ def test_warnings_are_in_kickstart_order() -> None:
         (
             "url --url=http://deb.debian.org/debian",
             "mirror",
-            Repo(name="base", baseurl="http://deb.debian.org/debian"),
+            Repo(name="base", baseurl="http://deb.debian.org/debian", where="kickstart.ks:1"),
         ),
         (
             "repo --name=extra --baseurl=http://r/extra\nrepo --name=more --baseurl=http://r/more",
             "repos",
             (
-                Repo(name="extra", baseurl="http://r/extra"),
-                Repo(name="more", baseurl="http://r/more"),
+                Repo(name="extra", baseurl="http://r/extra", where="kickstart.ks:1"),
+                Repo(name="more", baseurl="http://r/more", where="kickstart.ks:2"),
             ),
         ),
         (
@@ -176,6 +176,29 @@ def test_warnings_are_in_kickstart_order() -> None:
 def test_command_maps_to_plan_field(kickstart: str, field: str, expected: object) -> None:
     text = kickstart + "\n" + ("" if "part /" in kickstart else ROOT)
     assert getattr(parse(text).plan, field) == expected
+
+
+def test_mirror_lists_and_metalinks_are_kept_for_the_backend_with_variables_filled() -> None:
+    text = (
+        ROOT
+        + "url --mirrorlist=https://mirrors.example/mirrorlist?repo=fedora-$releasever&arch=$basearch\n"
+        + "repo --name=updates --metalink=https://mirrors.example/metalink?repo=updates-${releasever}\n"
+        + "repo --name=local --baseurl=http://r/$basearch/\n"
+    )
+    plan = parse_kickstart(text, variables={"releasever": "40", "basearch": "x86_64"}).plan
+    assert plan.mirror == Repo(
+        name="base",
+        mirrorlist="https://mirrors.example/mirrorlist?repo=fedora-40&arch=x86_64",
+        where="kickstart.ks:2",
+    )
+    assert plan.repos == (
+        Repo(
+            name="updates",
+            metalink="https://mirrors.example/metalink?repo=updates-40",
+            where="kickstart.ks:3",
+        ),
+        Repo(name="local", baseurl="http://r/x86_64/", where="kickstart.ks:4"),
+    )
 
 
 def test_packages_with_groups_and_exclusions() -> None:
@@ -394,8 +417,8 @@ def test_inline_kickstart_cannot_include() -> None:
         (ROOT + 'lang "de_DE\n', 2, "No closing quotation"),
         ("lang C\npart / --size=100 --fstype=xfs\n", 2, "part / --fstype=xfs: images are built"),
         ("lang C\npart / --size=-5 --fstype=ext4\n", 2, "part / --size=-5: the size is a positive"),
-        (ROOT + "url --mirrorlist=http://m/list\n", 2, "url needs --url="),
-        (ROOT + "repo --name=x --mirrorlist=http://m/list\n", 2, "repo --name=x needs --baseurl"),
+        (ROOT + "url --url=http://m/$releasever/\n", 2, "$releasever is used but this builder"),
+        (ROOT + "repo --name=x --baseurl=http://m/${releasever}\n", 2, "set releasever in its"),
     ],
 )
 def test_parse_errors_carry_line_and_message(

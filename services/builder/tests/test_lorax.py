@@ -43,3 +43,7 @@ def test_a_kickstart_without_a_root_size_is_refused_before_lmc_runs(tmp_path: Pa
     plan = BuildPlan(rootfs=RootFs())
     with pytest.raises(BackendError, match=r"add that line"):
         LoraxBackend(60).build(plan, tmp_path / "ks", tmp_path, io.StringIO())
+
+
+def test_the_configured_releasever_reaches_dnf() -> None:
+    assert lmc_command(Path("/w/k.ks"), Path("/w"), "40")[-1] == "--releasever=40"

@@ -23,7 +23,7 @@ def make_backends(config: BuilderConfig) -> dict[str, Backend]:
     timeout = float(config.build_timeout_seconds)
     return {
         "mmdebstrap": MmdebstrapBackend(config.suite, config.cache_dir, config.mirror, timeout),
-        "livemedia-creator": LoraxBackend(timeout),
+        "livemedia-creator": LoraxBackend(timeout, config.releasever),
     }
 
 

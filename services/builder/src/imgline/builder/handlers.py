@@ -235,7 +235,11 @@ class BuildStage:
         src = sources.fetch(req.source, workdir, build_log, self.config.git_schemes)
         progress.stage = "parse"
         parsed = parse_kickstart(
-            src.text, path=src.path, include_root=src.include_root, syntax=self.config.syntax
+            src.text,
+            path=src.path,
+            include_root=src.include_root,
+            syntax=self.config.syntax,
+            variables=self.config.variables,
         )
         for warning in parsed.warnings:
             build_log.write(f"# kickstart warning: {warning}\n")

@@ -23,7 +23,7 @@ import re
 import shlex
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -165,8 +165,10 @@ def parse_kickstart(
     path: str = "kickstart.ks",
     include_root: Path | None = None,
     syntax: str = "RHEL9",
+    variables: Mapping[str, str] | None = None,
 ) -> ParsedKickstart:
     """Parse ``text`` as kickstart ``syntax`` (``RHEL9``, ``F39``, ``DEVEL``, …) into a plan.
+    ``variables`` fills ``$releasever`` and ``$basearch`` in repository URLs.
 
     ``path`` names the kickstart in messages (its path inside the repository). ``include_root``
     is the checked-out repository that ``%include`` and ``%ksappend`` may read from; ``None``
@@ -181,7 +183,7 @@ def parse_kickstart(
         notes = _Notes(expanded)
         _run_parser(handler, expanded, notes, caught)
         notes.add_caught(caught, line=None)
-    plan = _build_plan(handler, expanded, notes)
+    plan = _build_plan(handler, expanded, notes, variables or {})
     return ParsedKickstart(
         plan=plan, warnings=plan.warnings, sha256=sha256, flat_text=expanded.text()
     )
@@ -482,7 +484,9 @@ def _number(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _build_plan(handler: Any, expanded: _Expanded, notes: _Notes) -> BuildPlan:
+def _build_plan(
+    handler: Any, expanded: _Expanded, notes: _Notes, variables: Mapping[str, str]
+) -> BuildPlan:
     """Everything the backends use, from the parsed handler. What the plan has no place for is
     reported in ``warnings`` so the build log says why a setting had no effect."""
     for name, flat_line in notes.dispatched:
@@ -501,8 +505,8 @@ def _build_plan(handler: Any, expanded: _Expanded, notes: _Notes) -> BuildPlan:
             (str(net.hostname) for net in handler.network.network if net.hostname), None
         ),
         "rootfs": _rootfs(handler, expanded, notes),
-        "mirror": _mirror(handler.url, expanded),
-        "repos": tuple(_repo(data, expanded) for data in handler.repo.repoList),
+        "mirror": _mirror(handler.url, variables, expanded),
+        "repos": tuple(_repo(data, variables, expanded) for data in handler.repo.repoList),
         "pre": _scripts(handler.scripts, ks_constants.KS_SCRIPT_PRE, expanded),
         "post": _scripts(handler.scripts, ks_constants.KS_SCRIPT_POST, expanded),
     }
@@ -604,27 +608,53 @@ def _rootfs(handler: Any, expanded: _Expanded, notes: _Notes) -> RootFs:
     )
 
 
-def _mirror(url: Any, expanded: _Expanded) -> Repo | None:
+#: The dnf variables a repository URL may use, filled from the builder's config.
+_VARIABLE = re.compile(r"\$(?:\{(releasever|basearch)\}|(releasever|basearch)\b)")
+
+
+def _fill(url: str, variables: Mapping[str, str], expanded: _Expanded, lineno: int) -> str:
+    """``url`` with ``$releasever`` and ``$basearch`` replaced; an error naming the line and
+    the config key when the builder has no value for one."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        if not variables.get(name):
+            raise expanded.error(
+                f"${name} is used but this builder has no value for it: set {name} in its config",
+                lineno,
+            )
+        return variables[name]
+
+    return _VARIABLE.sub(value, url)
+
+
+def _source(
+    name: str, data: Any, variables: Mapping[str, str], expanded: _Expanded, what: str
+) -> Repo:
+    """A ``Repo`` from a ``url`` or ``repo`` line: its base URL, mirror list or metalink."""
+    lineno = _number(data.lineno) or 0
+    urls = {
+        key: _fill(text, variables, expanded, lineno)
+        for key, attr in (("baseurl", what), ("mirrorlist", "mirrorlist"), ("metalink", "metalink"))
+        if isinstance(text := getattr(data, attr, None), str) and text
+    }
+    if len(urls) != 1:
+        raise expanded.error(
+            f"{'url' if name == 'base' else f'repo --name={name}'} needs exactly one of "
+            f"--{'url' if what == 'url' else 'baseurl'}, --mirrorlist and --metalink",
+            lineno,
+        )
+    return Repo(name=name, where=expanded.where(lineno), **urls)
+
+
+def _mirror(url: Any, variables: Mapping[str, str], expanded: _Expanded) -> Repo | None:
     if not url.seen:
         return None
-    baseurl = _text(url.url)
-    if baseurl is None:
-        raise expanded.error(
-            "url needs --url=…: a mirror list or metalink cannot be used to build images",
-            url.lineno,
-        )
-    return Repo(name="base", baseurl=baseurl)
+    return _source("base", url, variables, expanded, "url")
 
 
-def _repo(data: Any, expanded: _Expanded) -> Repo:
-    baseurl = _text(data.baseurl)
-    if baseurl is None:
-        raise expanded.error(
-            f"repo --name={data.name} needs --baseurl=…: a mirror list or metalink cannot be used "
-            "to build images",
-            data.lineno,
-        )
-    return Repo(name=str(data.name), baseurl=baseurl)
+def _repo(data: Any, variables: Mapping[str, str], expanded: _Expanded) -> Repo:
+    return _source(str(data.name), data, variables, expanded, "baseurl")
 
 
 def _scripts(scripts: Any, kind: int, expanded: _Expanded) -> tuple[Script, ...]:

@@ -17,6 +17,14 @@ class BuilderConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @property
+    def variables(self) -> dict[str, str]:
+        """What the kickstart's ``$releasever`` and ``$basearch`` stand for."""
+        return {
+            "basearch": self.basearch,
+            **({"releasever": self.releasever} if self.releasever else {}),
+        }
+
     store_dir: Path = Field(default=Path("/var/lib/imgline/artifacts"))
     work_dir: Path = Field(default=Path("/var/lib/imgline/builder-work"))
     cache_dir: Path = Field(
@@ -34,6 +42,16 @@ class BuilderConfig(BaseModel):
         le=1 << 20,
         description="free space an image gets beyond its content when the kickstart gives no "
         "part / --size",
+    )
+    releasever: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="$releasever in the kickstart's url/repo lines (e.g. 40 for Fedora 40)",
+    )
+    basearch: str = Field(
+        default="x86_64",
+        pattern=r"^[A-Za-z0-9_-]{1,32}$",
+        description="$basearch in the kickstart's url/repo lines",
     )
     git_schemes: tuple[GitScheme, ...] = Field(
         default=("https", "ssh", "git"),

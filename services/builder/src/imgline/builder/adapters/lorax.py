@@ -20,9 +20,12 @@ from imgline.core.runner import CommandError, run
 IMAGE_NAME = "rootfs.img"
 
 
-def lmc_command(kickstart: Path, workdir: Path) -> list[str]:
+def lmc_command(kickstart: Path, workdir: Path, releasever: str | None = None) -> list[str]:
     """The exact livemedia-creator command line. The fs size comes from the kickstart's
-    ``part /``; the image lands in ``<workdir>/lmc`` (older lorax: ``--tmp``)."""
+    ``part /``; the image lands in ``<workdir>/lmc`` (older lorax: ``--tmp``). dnf fills the
+    kickstart's ``$releasever`` from ``--releasever`` (the builder's config) and
+    ``$basearch`` from the host."""
+    extra = [f"--releasever={releasever}"] if releasever else []
     return [
         "livemedia-creator",
         "--make-fsimage",
@@ -32,6 +35,7 @@ def lmc_command(kickstart: Path, workdir: Path) -> list[str]:
         f"--resultdir={workdir / 'lmc'}",
         f"--tmp={workdir / 'lmc-tmp'}",
         f"--logfile={workdir / 'livemedia-creator.log'}",
+        *extra,
     ]
 
 
@@ -40,8 +44,9 @@ class LoraxBackend:
 
     name = "livemedia-creator"
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, releasever: str | None = None) -> None:
         self.timeout = timeout
+        self.releasever = releasever
 
     def check_available(self) -> None:
         if shutil.which("livemedia-creator") is None:
@@ -63,7 +68,7 @@ class LoraxBackend:
         (workdir / "lmc-tmp").mkdir(parents=True, exist_ok=True)
         log.write(f"# kickstart syntax checked for {len(plan.packages)} packages\n")
         try:
-            run(lmc_command(kickstart, workdir), log, timeout=self.timeout)
+            run(lmc_command(kickstart, workdir, self.releasever), log, timeout=self.timeout)
         except CommandError as exc:
             raise BackendError(f"livemedia-creator failed: {exc}") from exc
         candidates = [workdir / "lmc" / IMAGE_NAME, workdir / "lmc-tmp" / IMAGE_NAME]

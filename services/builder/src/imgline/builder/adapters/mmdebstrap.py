@@ -31,6 +31,12 @@ _NETWORK = (
 )
 
 
+def _line(where: str) -> int | None:
+    """The line of a ``file:line`` position, for ``build.failed``."""
+    tail = where.rpartition(":")[2]
+    return int(tail) if tail.isdigit() else None
+
+
 class MmdebstrapBackend:
     """Runs ``mmdebstrap --mode=root``: needs root (or fails with that advice)."""
 
@@ -56,6 +62,14 @@ class MmdebstrapBackend:
         _, problems = debian.package_list(plan)
         if problems:
             raise BackendError("; ".join(problems))
+        for repo in (plan.mirror, *plan.repos):
+            if repo is not None and repo.baseurl is None:
+                raise BackendError(
+                    f"{repo.where}: the mmdebstrap backend needs a Debian mirror's URL "
+                    f"({'url --url' if repo.name == 'base' else 'repo --baseurl'}=…); a mirror "
+                    "list or metalink is dnf's, for the livemedia-creator backend",
+                    line=_line(repo.where),
+                )
         for warning in plan.warnings:
             log.write(f"# warning: {warning}\n")
         if plan.groups:
@@ -79,6 +93,7 @@ class MmdebstrapBackend:
             hook=hook,
             cache_dir=self.cache_dir,
             mirror=plan.mirror.baseurl if plan.mirror else self.mirror,
+            extra=tuple(r.baseurl for r in plan.repos if r.baseurl),
         )
         try:
             run(cmd, log, timeout=self.timeout)

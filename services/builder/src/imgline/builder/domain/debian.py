@@ -14,6 +14,9 @@ from pathlib import Path
 
 from imgline.builder.domain.plan import BuildPlan, Script, User
 
+#: mmdebstrap's own default, named when a kickstart adds repositories to it.
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+
 #: Always installed: the live image must boot with dracut's dmsquash-live module.
 LIVE_PACKAGES = ("dracut", "dracut-live")
 
@@ -43,9 +46,12 @@ def mmdebstrap_command(
     hook: Path,
     cache_dir: Path,
     mirror: str | None = None,
+    extra: tuple[str, ...] = (),
 ) -> list[str]:
     """The mmdebstrap invocation: minbase plus the plan's packages, with the .deb cache synced
-    in before download and out after install (mmdebstrap's documented cache recipe)."""
+    in before download and out after install (mmdebstrap's documented cache recipe).
+    ``extra`` are the kickstart's ``repo --baseurl`` mirrors, added after the main one (which
+    then has to be named: mmdebstrap uses its default only when no mirror is given)."""
     packages, _ = package_list(plan)
     cmd = [
         "mmdebstrap",
@@ -62,8 +68,9 @@ def mmdebstrap_command(
         suite,
         str(target),
     ]
-    if mirror:
-        cmd.append(mirror)
+    if mirror or extra:
+        cmd.append(mirror or DEFAULT_MIRROR)
+    cmd += extra
     return cmd
 
 

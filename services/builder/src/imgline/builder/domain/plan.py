@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class PlanModel(BaseModel):
@@ -61,10 +61,21 @@ class RootFs(PlanModel):
 
 
 class Repo(PlanModel):
-    """``url`` / ``repo``: where packages come from (a Debian mirror for mmdebstrap)."""
+    """``url`` / ``repo``: where packages come from (a Debian mirror for mmdebstrap). Exactly
+    one of ``baseurl``, ``mirrorlist`` and ``metalink``; the lists are dnf's (lorax backend)."""
 
     name: str
-    baseurl: str
+    baseurl: str | None = None
+    mirrorlist: str | None = None
+    metalink: str | None = None
+    where: str = Field(default="", description="file:line of the kickstart line, for messages")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Repo:
+        given = [u for u in (self.baseurl, self.mirrorlist, self.metalink) if u is not None]
+        if len(given) != 1:
+            raise ValueError("a repository has exactly one of baseurl, mirrorlist and metalink")
+        return self
 
 
 class BuildPlan(PlanModel):
