@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from imgline.builder.adapters import mmdebstrap as mmdebstrap_adapter
 from imgline.builder.adapters.mmdebstrap import MmdebstrapBackend
 from imgline.builder.domain import debian
 from imgline.builder.domain.plan import BuildPlan, Repo, RootFs, RootPassword, Script, User
 from imgline.builder.errors import BackendError
+from imgline.core.runner import CommandError
 
 pytestmark = pytest.mark.unit
 
@@ -198,3 +200,67 @@ def test_mmdebstrap_refuses_mirror_lists_naming_the_line(repo: Repo, tmp_path: P
     with pytest.raises(BackendError, match=r"^node\.ks:3: the mmdebstrap backend needs") as refused:
         backend.build(built, tmp_path / "ks", tmp_path, io.StringIO())
     assert refused.value.line == 3
+
+
+def test_excludedocs_and_inst_langs_become_dpkg_path_filters() -> None:
+    opts, problems = debian.dpkg_options(plan(exclude_docs=True, inst_langs=("en", "de_DE")))
+    assert problems == []
+    assert "--dpkgopt=path-exclude=/usr/share/doc/*" in opts
+    assert "--dpkgopt=path-include=/usr/share/doc/*/copyright" in opts  # Debian policy
+    assert "--dpkgopt=path-exclude=/usr/share/locale/*" in opts
+    assert "--dpkgopt=path-include=/usr/share/locale/en_*/*" in opts
+    assert "--dpkgopt=path-include=/usr/share/locale/de_DE/*" in opts
+    assert debian.dpkg_options(plan()) == ([], [])
+    cmd = debian.mmdebstrap_command(
+        plan(exclude_docs=True), suite="s", target=Path("t"), hook=Path("h"), cache_dir=Path("c")
+    )
+    assert cmd.index("--dpkgopt=path-exclude=/usr/share/man/*") < cmd.index("s")
+
+
+@pytest.mark.parametrize("lang", ["../../etc", "en/*", "de DE", "*", "en:de", ""])
+def test_inst_langs_that_are_not_language_codes_are_refused(lang: str) -> None:
+    _, problems = debian.dpkg_options(plan(inst_langs=(lang,)))
+    assert problems and "are not language codes" in problems[0]
+
+
+def test_core_is_debians_important_priority_and_other_groups_are_refused(tmp_path: Path) -> None:
+    assert debian.variant(plan()) == "minbase"
+    assert debian.variant(plan(groups=("core",))) == "important"
+    backend = MmdebstrapBackend("bookworm", tmp_path, None, 60)
+    with pytest.raises(BackendError, match=r"^node\.ks:12: %packages @gnome-desktop: no Debian"):
+        backend.build(
+            plan(groups=("core", "gnome-desktop"), packages_where="node.ks:12"),
+            tmp_path / "ks",
+            tmp_path,
+            io.StringIO(),
+        )
+
+
+def test_ignoremissing_leaves_out_what_apt_cannot_find(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs: list[list[str]] = []
+
+    def fake_run(cmd: list[str], log: object, **kw: object) -> str:
+        runs.append(cmd)
+        (tmp_path / "root").mkdir(exist_ok=True)
+        include = next(c for c in cmd if c.startswith("--include="))
+        if "nosuchpkg" in include:
+            raise CommandError("mmdebstrap failed", 1, "E: Unable to locate package nosuchpkg")
+        if "gone" in include:
+            raise CommandError(
+                "mmdebstrap failed", 1, "E: Package 'gone' has no installation candidate"
+            )
+        return ""
+
+    monkeypatch.setattr(mmdebstrap_adapter, "run", fake_run)
+    backend = MmdebstrapBackend("bookworm", tmp_path / "cache", None, 60)
+    log = io.StringIO()
+    wanted = plan(packages=("vim", "nosuchpkg", "gone"), ignore_missing=True, packages_where="k:9")
+    out = backend.build(wanted, tmp_path / "ks", tmp_path, log)
+    assert out.tree == tmp_path / "root" and len(runs) == 3
+    assert "--include=vim,dracut,dracut-live" in runs[-1]
+    assert "k:9: %packages --ignoremissing: nosuchpkg is not available" in log.getvalue()
+    assert "gone is not available" in log.getvalue()
+    with pytest.raises(BackendError, match="not available: Unable to locate package nosuchpkg"):
+        backend.build(plan(packages=("nosuchpkg",)), tmp_path / "ks", tmp_path, io.StringIO())

@@ -497,6 +497,12 @@ def _build_plan(
         "packages": _texts(packages.packageList),
         "excluded_packages": _texts(packages.excludedList),
         "groups": tuple(str(group.name) for group in packages.groupList),
+        "packages_where": expanded.where(_packages_header(expanded)),
+        "exclude_docs": bool(packages.excludeDocs),
+        "ignore_missing": packages.handleMissing == ks_constants.KS_MISSING_IGNORE,
+        "nocore": bool(packages.nocore),
+        "inst_langs": _langs(packages.instLangs),
+        "exclude_weakdeps": bool(getattr(packages, "excludeWeakdeps", False)),
         "users": tuple(_user(data) for data in handler.user.userList),
         "services_enabled": _texts(handler.services.enabled),
         "services_disabled": _texts(handler.services.disabled),
@@ -692,12 +698,25 @@ def _note_unused_scripts(scripts: Any, notes: _Notes) -> None:
             )
 
 
+def _packages_header(expanded: _Expanded) -> int | None:
+    """The (expanded) line of the ``%packages`` header: pykickstart keeps no lines for what the
+    section holds, so messages about it point there."""
+    return next(
+        (n for n, line in enumerate(expanded.lines, 1) if line.split()[:1] == ["%packages"]), None
+    )
+
+
+def _langs(value: object) -> tuple[str, ...] | None:
+    """``--inst-langs=en:de_DE`` as ("en", "de_DE"); None when not given (keep every one)."""
+    if not isinstance(value, str):
+        return None
+    return tuple(lang for lang in re.split(r"[:,]", value) if lang)
+
+
 def _note_unused_packages_options(packages: Any, expanded: _Expanded, notes: _Notes) -> None:
     """The plan has no place for an environment or excluded groups; pykickstart does not keep
     their lines, so the notes point at the ``%packages`` header."""
-    header = next(
-        (n for n, line in enumerate(expanded.lines, 1) if line.split()[:1] == ["%packages"]), None
-    )
+    header = _packages_header(expanded)
     if packages.environment:
         notes.add(f"%packages environment @^{packages.environment} is ignored", header)
     for group in packages.excludedGroupList:

@@ -16,12 +16,13 @@ from imgline.builder.errors import (
     BackendUnavailableError,
 )
 from imgline.builder.ports import BuildOutput
+from imgline.core.fsutil import remove_tree
 from imgline.core.runner import CommandError, run
 
 _POST_FAILED = re.compile(re.escape(debian.POST_FAILED) + r" (\d+) failed with status (\d+)$", re.M)
 _MISSING_PKG = re.compile(
-    r"(Unable to locate package \S+|Package '?\S+'? has no installation candidate"
-    r"|E: Package '\S+' has no installation candidate)"
+    r"(Unable to locate package (?P<a>\S+)|Package '?(?P<b>[^'\s]+)'? has no installation "
+    r"candidate)"
 )
 _NETWORK = (
     "Could not resolve",
@@ -29,6 +30,12 @@ _NETWORK = (
     "Temporary failure resolving",
     "Connection failed",
 )
+
+
+def _missing_package(tail: str) -> str | None:
+    """The package apt could not find, from the end of mmdebstrap's output."""
+    found = _MISSING_PKG.search(tail)
+    return (found.group("a") or found.group("b")) if found else None
 
 
 def _line(where: str) -> int | None:
@@ -60,8 +67,17 @@ class MmdebstrapBackend:
 
     def build(self, plan: BuildPlan, kickstart: Path, workdir: Path, log: IO[str]) -> BuildOutput:
         _, problems = debian.package_list(plan)
-        if problems:
-            raise BackendError("; ".join(problems))
+        _, dpkg_problems = debian.dpkg_options(plan)
+        if problems or dpkg_problems:
+            raise BackendError("; ".join(problems + dpkg_problems), line=_line(plan.packages_where))
+        if unsupported := debian.unsupported_groups(plan):
+            raise BackendError(
+                f"{plan.packages_where}: %packages "
+                f"{', '.join('@' + g for g in unsupported)}: no Debian equivalent in the "
+                f"mmdebstrap backend (it maps {', '.join('@' + g for g in debian.GROUP_VARIANTS)}"
+                "); list the packages instead",
+                line=_line(plan.packages_where),
+            )
         for repo in (plan.mirror, *plan.repos):
             if repo is not None and repo.baseurl is None:
                 raise BackendError(
@@ -74,18 +90,47 @@ class MmdebstrapBackend:
             log.write(f"# warning: {warning}\n")
         if plan.groups:
             log.write(
-                "# warning: package groups are not supported by the mmdebstrap backend, "
-                f"ignored: {', '.join('@' + g for g in plan.groups)}\n"
+                f"# note: @{', @'.join(plan.groups)}: mmdebstrap --variant={debian.variant(plan)}\n"
+            )
+        if plan.nocore:
+            log.write(
+                f"# note: {plan.packages_where}: --nocore: the mmdebstrap backend adds Debian's "
+                "important packages only for @core\n"
+            )
+        if not plan.exclude_weakdeps:
+            log.write(
+                "# note: weak dependencies (Debian's Recommends) are never installed by the "
+                "mmdebstrap backend, as with --exclude-weakdeps\n"
             )
         if plan.selinux:
             log.write(
                 f"# note: selinux {plan.selinux} recorded in image.json (no SELinux on Debian)\n"
             )
+        target = workdir / "root"
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                self._bootstrap(plan, workdir, target, log)
+                return BuildOutput(tree=target)
+            except CommandError as exc:
+                missing = _missing_package(exc.tail)
+                if not (plan.ignore_missing and missing in plan.packages):
+                    raise self._classify(exc) from exc
+            # --ignoremissing: leave the package out and start again (one bootstrap per
+            # missing package; the .deb cache makes the next one quicker)
+            log.write(
+                f"# warning: {plan.packages_where}: %packages --ignoremissing: {missing} is "
+                "not available; building without it\n"
+            )
+            plan = plan.model_copy(
+                update={"packages": tuple(p for p in plan.packages if p != missing)}
+            )
+            remove_tree(target)
+
+    def _bootstrap(self, plan: BuildPlan, workdir: Path, target: Path, log: IO[str]) -> None:
         hook = workdir / "customize.sh"
         hook.write_text(debian.customize_script(plan), encoding="utf-8")
         hook.chmod(0o700)
-        target = workdir / "root"
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
         cmd = debian.mmdebstrap_command(
             plan,
             suite=self.suite,
@@ -97,11 +142,8 @@ class MmdebstrapBackend:
         )
         try:
             run(cmd, log, timeout=self.timeout)
-        except CommandError as exc:
-            raise self._classify(exc) from exc
         finally:
             hook.unlink(missing_ok=True)  # it may hold password hashes
-        return BuildOutput(tree=target)
 
     @staticmethod
     def _classify(exc: CommandError) -> Exception:

@@ -38,6 +38,49 @@ def package_list(plan: BuildPlan) -> tuple[list[str], list[str]]:
     return wanted, problems
 
 
+#: Kickstart groups the mmdebstrap backend can honour: ``@core`` (a minimal usable system) is
+#: Debian's "important" priority, which ``--variant=important`` installs.
+GROUP_VARIANTS = {"core": "important"}
+#: Documentation dpkg leaves out for ``--excludedocs`` (copyright files stay: Debian policy).
+DOC_PATHS = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/groff/*")
+_LANG = re.compile(
+    r"^[A-Za-z]{2,3}(?:_[A-Za-z0-9]{2,8})?(?:\.[A-Za-z0-9-]{1,16})?(?:@[A-Za-z0-9]{1,16})?$"
+)
+
+
+def unsupported_groups(plan: BuildPlan) -> list[str]:
+    """The plan's groups that have no Debian equivalent here."""
+    return [g for g in plan.groups if g not in GROUP_VARIANTS]
+
+
+def variant(plan: BuildPlan) -> str:
+    """mmdebstrap's variant: minbase, or what a mapped group stands for."""
+    return next((GROUP_VARIANTS[g] for g in plan.groups if g in GROUP_VARIANTS), "minbase")
+
+
+def dpkg_options(plan: BuildPlan) -> tuple[list[str], list[str]]:
+    """(mmdebstrap ``--dpkgopt`` arguments, problems) for ``--excludedocs`` and
+    ``--inst-langs``: dpkg's path filters keep those files out of the image (and out of later
+    installs, as on an anaconda-installed system)."""
+    opts: list[str] = []
+    problems: list[str] = []
+    if plan.exclude_docs:
+        opts += [f"--dpkgopt=path-exclude={path}" for path in DOC_PATHS]
+        opts.append("--dpkgopt=path-include=/usr/share/doc/*/copyright")
+    if plan.inst_langs is not None:
+        bad = [lang for lang in plan.inst_langs if not _LANG.match(lang)]
+        if bad:
+            problems.append(f"--inst-langs: {', '.join(map(repr, bad))} are not language codes")
+        else:
+            opts.append("--dpkgopt=path-exclude=/usr/share/locale/*")
+            opts.append("--dpkgopt=path-include=/usr/share/locale/locale.alias")
+            for lang in plan.inst_langs:
+                opts.append(f"--dpkgopt=path-include=/usr/share/locale/{lang}/*")
+                if "_" not in lang:
+                    opts.append(f"--dpkgopt=path-include=/usr/share/locale/{lang}_*/*")
+    return opts, problems
+
+
 def mmdebstrap_command(
     plan: BuildPlan,
     *,
@@ -53,10 +96,12 @@ def mmdebstrap_command(
     ``extra`` are the kickstart's ``repo --baseurl`` mirrors, added after the main one (which
     then has to be named: mmdebstrap uses its default only when no mirror is given)."""
     packages, _ = package_list(plan)
+    dpkg, _ = dpkg_options(plan)
     cmd = [
         "mmdebstrap",
         "--mode=root",
-        "--variant=minbase",
+        f"--variant={variant(plan)}",
+        *dpkg,
         "--format=directory",
         '--aptopt=APT::Install-Recommends "false"',
         "--skip=essential/unlink",

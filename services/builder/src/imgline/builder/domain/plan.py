@@ -84,6 +84,14 @@ class BuildPlan(PlanModel):
     packages: tuple[str, ...] = ()
     excluded_packages: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
+    packages_where: str = Field(default="", description="file:line of the %packages header")
+    exclude_docs: bool = Field(default=False, description="%packages --excludedocs")
+    ignore_missing: bool = Field(default=False, description="%packages --ignoremissing")
+    nocore: bool = Field(default=False, description="%packages --nocore")
+    inst_langs: tuple[str, ...] | None = Field(
+        default=None, description="%packages --inst-langs: the only translations kept"
+    )
+    exclude_weakdeps: bool = Field(default=False, description="%packages --exclude-weakdeps")
     lang: str = "en_US.UTF-8"
     keyboard: str = "us"
     timezone: str = "Etc/UTC"
