@@ -157,7 +157,11 @@ def test_a_post_log_path_is_never_run_by_the_shell(tmp_path: Path) -> None:
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
     assert Path(evil).read_text() == "from-post\n"
     inside = debian._script_lines("post", 2, Script(body="x\n", lineno=4, logfile="/a b/$(id)"))
-    assert any(line.endswith(""" >"$root"'/a b/$(id)' 2>&1 || status=$?""") for line in inside)
+    assert any(
+        line.startswith("""status=0; chroot "$root" /bin/sh -c 'exec "$1" "$2" >"$3" 2>&1' """)
+        and line.endswith(""" /bin/sh /tmp/imgline-post-2 '/a b/$(id)' || status=$?""")
+        for line in inside
+    ), inside
 
 
 def test_kickstart_repositories_follow_the_main_mirror(tmp_path: Path) -> None:

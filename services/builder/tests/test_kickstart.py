@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from imgline.builder.domain.plan import Repo, RootFs, RootPassword, Script, User
+from imgline.builder.domain.plan import Group, Repo, RootFs, RootPassword, Script, SshKey, User
 from imgline.builder.errors import KickstartError
 from imgline.builder.kickstart import ParsedKickstart, parse_kickstart
 
@@ -509,3 +509,73 @@ def test_flat_text_has_includes_expanded(tmp_path: Path) -> None:
     # the same plan; only where things were written differs (one file now, not two)
     assert (parsed.plan.packages_where, again.packages_where) == ("pk.ks:1", "kickstart.ks:3")
     assert again.model_copy(update={"packages_where": "pk.ks:1"}) == parsed.plan
+
+
+def test_groups_ssh_keys_and_kernel_arguments_reach_the_plan() -> None:
+    plan = parse(
+        ROOT
+        + "group --name=ops --gid=1500\n"
+        + 'sshkey --username=root "ssh-ed25519 AAAAC3Nza admin@example"\n'
+        + 'bootloader --location=none --append="console=ttyS0,115200n8 quiet rd.shell=0"\n'
+    ).plan
+    assert plan.user_groups == (Group(name="ops", gid=1500),)
+    assert plan.ssh_keys == (
+        SshKey(user="root", key="ssh-ed25519 AAAAC3Nza admin@example", lineno=3),
+    )
+    assert plan.kernel_args == ("console=ttyS0,115200n8", "quiet", "rd.shell=0")
+    assert not any("sshkey" in w or "group" in w for w in plan.warnings)
+    assert any("kickstart.ks:4: bootloader: only --append is used" in w for w in plan.warnings)
+    appended_only = parse(ROOT + 'bootloader --append="quiet splash"\n').plan
+    assert appended_only.kernel_args == ("quiet", "splash") and appended_only.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("append", "message"),
+    [
+        ("quiet 'x'", "holds a character a boot entry cannot carry"),
+        ("init=/bin/sh;reboot", "holds a character"),
+        ("a=$(id)", "holds a character"),
+        ("root=/dev/sda1", "is set by the updater for each layer"),
+        ("rd.lvm.lv=vg/other", "is set by the updater"),
+    ],
+)
+def test_kernel_arguments_a_boot_entry_cannot_carry_are_refused(append: str, message: str) -> None:
+    error = parse_error(ROOT + f'bootloader --append="{append}"\n')
+    assert error.line == 2
+    assert message in error.detail
+
+
+def test_a_node_appliance_kickstart_parses_with_its_warnings() -> None:
+    """The shape of oVirt Node's appliance kickstart (data/node-appliance.ks): it used to be
+    refused at its first line."""
+    parsed = parse_kickstart(
+        (DATA / "node-appliance.ks").read_text(),
+        path="node-appliance.ks",
+        include_root=DATA,
+        variables={"releasever": "40", "basearch": "x86_64"},
+    )
+    plan = parsed.plan
+    assert plan.mirror is not None and plan.mirror.mirrorlist == (
+        "https://mirrors.example.org/mirrorlist?repo=fedora-40&arch=x86_64"
+    )
+    assert [r.name for r in plan.repos] == ["updates"]
+    assert plan.rootfs.size_mib == 2560
+    assert (plan.exclude_docs, plan.ignore_missing, plan.inst_langs) == (True, True, ("en",))
+    assert plan.groups == ("core",)
+    assert [s.error_on_fail for s in plan.post] == [True, True, True]
+    assert plan.post[1].logfile == "/var/log/imgline-post.log"
+    assert plan.post[2].interpreter == "/usr/bin/python3"
+    assert plan.kernel_args == ("console=ttyS0,115200n8", "rd.shell=0")
+    assert parsed.warnings == (
+        "node-appliance-base.ks:5: The authconfig command will be deprecated, use authselect "
+        "instead.",
+        "node-appliance-base.ks:5: auth is ignored: image builds do not use it",
+        "node-appliance-base.ks:8: firstboot is ignored: image builds do not use it",
+        "node-appliance-base.ks:10: bootloader: only --append is used (the updater installs and "
+        "configures the boot loader on each host)",
+        "node-appliance-base.ks:15: part / is replaced by the later one at node-appliance.ks:12",
+        "node-appliance.ks:12: A partition with the mountpoint / has already been defined.",
+    )
+    # without a releasever configured, the line that needs it says so
+    error = parse_error((DATA / "node-appliance.ks").read_text(), include_root=DATA)
+    assert error.line == 6 and "set releasever in its config" in error.detail

@@ -344,6 +344,8 @@ class BuildStage:
             "backend": req.backend,
             "source_commit": commit,
             "selinux": plan.selinux,
+            # the updater appends these to each boot entry of this image
+            "kernel_args": " ".join(plan.kernel_args),
             "built_at": self.clock().isoformat(),
         }
 

@@ -36,7 +36,16 @@ from pykickstart import version as ks_version
 from pykickstart.base import DeprecatedCommand, RemovedCommand  # type: ignore[import-untyped]
 from pykickstart.parser import KickstartParser  # type: ignore[import-untyped]
 
-from imgline.builder.domain.plan import BuildPlan, Repo, RootFs, RootPassword, Script, User
+from imgline.builder.domain.plan import (
+    BuildPlan,
+    Group,
+    Repo,
+    RootFs,
+    RootPassword,
+    Script,
+    SshKey,
+    User,
+)
 from imgline.builder.errors import KickstartError
 
 __all__ = ["ParsedKickstart", "parse_kickstart"]
@@ -71,6 +80,8 @@ REMOVED_BUT_HARMLESS = frozenset(
 #: Commands whose data reaches the plan; any other command is reported as ignored.
 _MAPPED_COMMANDS = frozenset(
     {
+        "bootloader",
+        "group",
         "keyboard",
         "lang",
         "network",
@@ -80,6 +91,7 @@ _MAPPED_COMMANDS = frozenset(
         "rootpw",
         "selinux",
         "services",
+        "sshkey",
         "timezone",
         "url",
         "user",
@@ -504,6 +516,11 @@ def _build_plan(
         "inst_langs": _langs(packages.instLangs),
         "exclude_weakdeps": bool(getattr(packages, "excludeWeakdeps", False)),
         "users": tuple(_user(data) for data in handler.user.userList),
+        "user_groups": tuple(
+            Group(name=str(g.name), gid=_number(g.gid)) for g in handler.group.groupList
+        ),
+        "ssh_keys": tuple(_sshkey(data, expanded) for data in handler.sshkey.sshUserList),
+        "kernel_args": _kernel_args(handler.bootloader, expanded, notes),
         "services_enabled": _texts(handler.services.enabled),
         "services_disabled": _texts(handler.services.disabled),
         "selinux": _selinux(handler.selinux.selinux),
@@ -535,6 +552,58 @@ def _build_plan(
             crypted=bool(handler.rootpw.isCrypted),
         )
     return BuildPlan(**fields, warnings=notes.messages())
+
+
+#: Kernel options the updater sets itself for each layer (docs/host.md): a kickstart's would
+#: point the boot at the wrong root.
+_OWN_KERNEL_ARGS = ("root", "rd.lvm.lv", "rootflags", "ro", "rw")
+_KERNEL_ARG = re.compile(r"^[A-Za-z0-9_.,:=/+@%-]+$")
+
+
+def _kernel_args(bootloader: Any, expanded: _Expanded, notes: _Notes) -> tuple[str, ...]:
+    """``bootloader --append``: each option checked, since it ends up in every boot entry the
+    updater writes for this image."""
+    lineno = _number(bootloader.lineno)
+    if lineno and any(not word.startswith("--append") for word in _words(expanded, lineno)[1:]):
+        notes.add(
+            "bootloader: only --append is used (the updater installs and configures the boot "
+            "loader on each host)",
+            lineno,
+        )
+    text = _text(bootloader.appendLine)
+    if text is None:
+        return ()
+    args = tuple(text.split())
+    for arg in args:
+        if not _KERNEL_ARG.match(arg):
+            raise expanded.error(
+                f"bootloader --append: {arg!r} holds a character a boot entry cannot carry "
+                "safely (quotes, backslashes, $, ;, control characters)",
+                lineno,
+            )
+        if arg.split("=", 1)[0] in _OWN_KERNEL_ARGS:
+            raise expanded.error(
+                f"bootloader --append: {arg!r} is set by the updater for each layer; leave it out",
+                lineno,
+            )
+    return args
+
+
+def _words(expanded: _Expanded, lineno: int) -> list[str]:
+    """The (expanded) line's words, as the shell-like kickstart syntax splits them."""
+    try:
+        return shlex.split(expanded.lines[lineno - 1], comments=True)
+    except (ValueError, IndexError):
+        return []
+
+
+def _sshkey(data: Any, expanded: _Expanded) -> SshKey:
+    lineno = _number(data.lineno)
+    origin = expanded.origin(lineno)
+    key = _text(data.key) or ""
+    if not key or any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise expanded.error("sshkey needs a one-line public key", lineno)
+    return SshKey(user=str(data.username), key=key, lineno=origin.line if origin else 1)
 
 
 def _user(data: Any) -> User:

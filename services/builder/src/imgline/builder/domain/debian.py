@@ -143,6 +143,18 @@ def _user_lines(user: User) -> list[str]:
     return lines
 
 
+#: Adds ``$3`` to the authorized keys of user ``$2``; ``$1`` is the kickstart line.
+_SSHKEY_SH = (
+    'home=$(getent passwd "$2" | cut -d: -f6); '
+    'if [ -z "$home" ]; then echo "imgline: sshkey at kickstart line $1: the image has no '
+    'user $2" >&2; exit 1; fi; '
+    'install -d -m 0700 "$home/.ssh"; '
+    'printf "%s\\n" "$3" >> "$home/.ssh/authorized_keys"; '
+    'chmod 0600 "$home/.ssh/authorized_keys"; '
+    'chown -R "$2": "$home/.ssh"'
+)
+
+
 def _password_lines(name: str, password: str | None, crypted: bool, locked: bool) -> list[str]:
     lines = []
     if password is not None and crypted:
@@ -152,6 +164,10 @@ def _password_lines(name: str, password: str | None, crypted: bool, locked: bool
     if locked:
         lines.append(f'chroot "$root" passwd --lock {_q(name)} >/dev/null')
     return lines
+
+
+#: Runs ``$1 $2`` with its output in ``$3``, all resolved inside the image's root.
+_LOGGED = 'exec "$1" "$2" >"$3" 2>&1'
 
 
 def _script_lines(kind: str, index: int, script: Script) -> list[str]:
@@ -165,14 +181,20 @@ def _script_lines(kind: str, index: int, script: Script) -> list[str]:
         delim,
         f'chmod 0700 "$root{inside}"',
     ]
-    if script.chroot:
+    if script.chroot and script.logfile:
+        # The log is opened inside the image: a path through a symlink an earlier %post made
+        # (/var/log -> /etc) must not reach the build host's files.
+        run = (
+            f'chroot "$root" /bin/sh -c {_q(_LOGGED)} post-log '
+            f"{_q(script.interpreter)} {inside} {_q(script.logfile)}"
+        )
+    elif script.chroot:
         run = f'chroot "$root" {_q(script.interpreter)} {inside}'
     else:
         env = 'ANA_INSTALL_PATH="$root" INSTALL_ROOT="$root"'
         run = f'{env} {_q(script.interpreter)} "$root{inside}"'
-    if script.logfile:  # quoted: the path is the kickstart's, and may hold "$(...)"
-        log = _q(script.logfile) if not script.chroot else f'"$root"{_q(script.logfile)}'
-        run += f" >{log} 2>&1"
+        if script.logfile:  # a host script logs on the host; quoted, it never runs "$(...)"
+            run += f" >{_q(script.logfile)} 2>&1"
     failure = f"{POST_FAILED} {script.lineno} failed with status $status"
     if script.error_on_fail:
         lines.append(f"status=0; {run} || status=$?")
@@ -214,10 +236,20 @@ def customize_script(plan: BuildPlan) -> str:
         lines += ["# hostname", f'printf "%s\\n" {_q(plan.hostname)} > "$root/etc/hostname"']
     rp = plan.root_password
     lines += ["# rootpw", *_password_lines("root", rp.password, rp.crypted, rp.locked)]
+    if plan.user_groups:
+        lines.append("# groups")
+        for group in plan.user_groups:
+            gid = f"--gid {group.gid} " if group.gid is not None else ""
+            lines.append(f'chroot "$root" groupadd {gid}{_q(group.name)}')
     if plan.users:
         lines.append("# users")
         for user in plan.users:
             lines += _user_lines(user)
+    if plan.ssh_keys:
+        lines.append("# sshkey: resolved inside the image, so its paths cannot reach the host")
+        for sk in plan.ssh_keys:
+            args = f"{sk.lineno} {_q(sk.user)} {_q(sk.key)}"
+            lines.append(f'chroot "$root" /bin/sh -eu -c {_q(_SSHKEY_SH)} sshkey {args}')
     if plan.services_enabled or plan.services_disabled:
         lines += [
             "# services",

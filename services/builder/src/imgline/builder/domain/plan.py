@@ -60,6 +60,21 @@ class RootFs(PlanModel):
     label: str | None = None
 
 
+class Group(PlanModel):
+    """``group``: a group created in the image (before the users that may join it)."""
+
+    name: str
+    gid: int | None = None
+
+
+class SshKey(PlanModel):
+    """``sshkey``: a public key authorized for ``user`` (an account the image has)."""
+
+    user: str
+    key: str
+    lineno: int = Field(ge=1, description="kickstart line, for the error if the user is missing")
+
+
 class Repo(PlanModel):
     """``url`` / ``repo``: where packages come from (a Debian mirror for mmdebstrap). Exactly
     one of ``baseurl``, ``mirrorlist`` and ``metalink``; the lists are dnf's (lorax backend)."""
@@ -98,6 +113,11 @@ class BuildPlan(PlanModel):
     timezone_utc: bool = True
     root_password: RootPassword = RootPassword(locked=True)
     users: tuple[User, ...] = ()
+    user_groups: tuple[Group, ...] = ()
+    ssh_keys: tuple[SshKey, ...] = ()
+    kernel_args: tuple[str, ...] = Field(
+        default=(), description="bootloader --append: into image.json, for the boot entries"
+    )
     services_enabled: tuple[str, ...] = ()
     services_disabled: tuple[str, ...] = ()
     selinux: Literal["enforcing", "permissive", "disabled"] | None = None
