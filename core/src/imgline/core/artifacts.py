@@ -22,6 +22,7 @@ import re
 import secrets
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -94,6 +95,23 @@ class LocalArtifactStore:
         self._tmp = self.root / TMP_DIR
 
     # --- objects -------------------------------------------------------------------------
+
+    def clear_stale_tmp(self, older_than_seconds: float) -> int:
+        """Remove what writes that never finished left in ``tmp/`` (a killed service), and not
+        touched for ``older_than_seconds``: a write in progress elsewhere keeps its file fresh.
+        Returns how many files went."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        if not self._tmp.is_dir():
+            return 0
+        for entry in self._tmp.iterdir():
+            try:
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
 
     def put_file(self, src: Path, *, move: bool = False) -> StoredArtifact:
         """Store the content of ``src`` and return where it now lives.

@@ -8,6 +8,7 @@ from imgline.builder.adapters.lorax import LoraxBackend
 from imgline.builder.adapters.mmdebstrap import MmdebstrapBackend
 from imgline.builder.handlers import BuildMetrics, build_handler
 from imgline.builder.ports import Backend
+from imgline.builder.recovery import recover
 from imgline.builder.settings import BuilderConfig
 from imgline.core.artifacts import LocalArtifactStore
 from imgline.core.bus import Consumer
@@ -30,10 +31,12 @@ def make_backends(config: BuilderConfig) -> dict[str, Backend]:
 def build_consumer(settings: BusSettings) -> Consumer:
     """The builder's consumer with its handler, from validated settings."""
     config, url = service_config(settings, BuilderConfig)
+    store = LocalArtifactStore(config.store_dir)
+    recover(config, store)
     consumer = Consumer(settings, url)
     handler = build_handler(
         config,
-        LocalArtifactStore(config.store_dir),
+        store,
         make_backends(config),
         publish=consumer.publisher.publish,
         topic_prefix=settings.topic_prefix,

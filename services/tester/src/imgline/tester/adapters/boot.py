@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from imgline.core import hostcheck
-from imgline.core.runner import CommandError, require
+from imgline.core.runner import CommandError, die_with_service, require
 from imgline.schemas import payloads as p
 from imgline.tester.adapters.image import BOOT_INITRD, BOOT_KERNEL
 from imgline.tester.domain import boot, inject
@@ -49,7 +49,11 @@ class Guest:
         self.ended = threading.Event()
         self._out = console.open("wb")
         self.proc = subprocess.Popen(  # noqa: S603 - argv list
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            [*die_with_service(), *argv],  # a tester killed mid-boot leaves no qemu behind
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self._pump = threading.Thread(target=self._copy, name="qemu-console", daemon=True)
         self._pump.start()
