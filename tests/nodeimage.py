@@ -66,8 +66,8 @@ def node_image() -> tuple[p.ImageBuilt, LocalArtifactStore]:
     return built.model_copy(update={"artifact": artifact}), store
 
 
-def _build(where: Path) -> p.ImageBuilt:
-    config = BuilderConfig(store_dir=where / "store", work_dir=where / "work", cache_dir=APT_CACHE)
+def build(config: BuilderConfig, req: p.BuildRequested) -> list[fm_message.Message]:
+    """What the real builder (its handler, every backend) sends for ``req``."""
     sent: list[fm_message.Message] = []
     handler = build_handler(
         config,
@@ -77,13 +77,19 @@ def _build(where: Path) -> p.ImageBuilt:
         topic_prefix="imgline",
         metrics=BuildMetrics(CollectorRegistry()),
     )
+    handler(BuildRequestedV1.from_payload(req))
+    return sent
+
+
+def _build(where: Path) -> p.ImageBuilt:
+    config = BuilderConfig(store_dir=where / "store", work_dir=where / "work", cache_dir=APT_CACHE)
     req = p.BuildRequested(
         request_id="node-image-fixture",
         source=p.InlineSource(kickstart=NODE_KS.read_text(encoding="utf-8")),
         name="node",
         stream="stable",
     )
-    handler(BuildRequestedV1.from_payload(req))
+    sent = build(config, req)
     if len(sent) != 1 or not isinstance(sent[0], ImageBuiltV1):
         raise RuntimeError(f"building examples/node.ks failed: {[m.body for m in sent]}")
     built: p.ImageBuilt = sent[0].payload

@@ -10,18 +10,14 @@ import re
 from pathlib import Path
 
 import pytest
-from fedora_messaging import message as fm_message
-from nodeimage import APT_CACHE
-from prometheus_client import CollectorRegistry
+from nodeimage import APT_CACHE, build
 
-from imgline.builder.__main__ import make_backends
-from imgline.builder.handlers import BuildMetrics, build_handler
 from imgline.builder.settings import BuilderConfig
 from imgline.core import liveimg
 from imgline.core.artifacts import LocalArtifactStore
 from imgline.core.gitutil import commit_files
 from imgline.schemas import payloads as p
-from imgline.schemas.messages import BuildRequestedV1, ImageBuiltV1
+from imgline.schemas.messages import ImageBuiltV1
 
 pytestmark = pytest.mark.image
 
@@ -56,22 +52,12 @@ def test_a_node_appliance_kickstart_builds_with_mmdebstrap(tmp_path: Path) -> No
         git_schemes=("file",),
     )
     store = LocalArtifactStore(config.store_dir)
-    sent: list[fm_message.Message] = []
-    handler = build_handler(
-        config,
-        store,
-        make_backends(config),
-        publish=sent.append,
-        topic_prefix="imgline",
-        metrics=BuildMetrics(CollectorRegistry()),
-    )
     req = p.BuildRequested(
         request_id="appliance-1",
         source=p.GitSource(url=f"file://{repo}", ref="main", kickstart_path="node-appliance.ks"),
         name="node-appliance",
     )
-    handler(BuildRequestedV1.from_payload(req))
-    [msg] = sent
+    [msg] = build(config, req)
     assert isinstance(msg, ImageBuiltV1), msg.body
     built = msg.payload
 

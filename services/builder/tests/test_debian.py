@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -165,30 +166,23 @@ def test_a_post_log_path_is_never_run_by_the_shell(tmp_path: Path) -> None:
 
 
 def test_kickstart_repositories_follow_the_main_mirror(tmp_path: Path) -> None:
+    def command(**mirrors: Any) -> list[str]:
+        return debian.mmdebstrap_command(
+            plan(),
+            suite="bookworm",
+            target=tmp_path,
+            hook=tmp_path / "h",
+            cache_dir=tmp_path,
+            **mirrors,
+        )
+
     extra = ("http://r/extra",)
-    cmd = debian.mmdebstrap_command(
-        plan(),
-        suite="bookworm",
-        target=tmp_path,
-        hook=tmp_path / "h",
-        cache_dir=tmp_path,
-        extra=extra,
-    )
-    assert cmd[-2:] == [debian.DEFAULT_MIRROR, "http://r/extra"]  # the default stays
-    cmd = debian.mmdebstrap_command(
-        plan(),
-        suite="bookworm",
-        target=tmp_path,
-        hook=tmp_path / "h",
-        cache_dir=tmp_path,
-        mirror="http://m/debian",
-        extra=extra,
-    )
-    assert cmd[-2:] == ["http://m/debian", "http://r/extra"]
-    plain = debian.mmdebstrap_command(
-        plan(), suite="bookworm", target=tmp_path, hook=tmp_path / "h", cache_dir=tmp_path
-    )
-    assert plain[-1] == str(tmp_path)  # no mirror given: mmdebstrap's own default
+    assert command(extra=extra)[-2:] == [debian.DEFAULT_MIRROR, "http://r/extra"]  # kept
+    assert command(mirror="http://m/debian", extra=extra)[-2:] == [
+        "http://m/debian",
+        "http://r/extra",
+    ]
+    assert command()[-1] == str(tmp_path)  # no mirror given: mmdebstrap's own default
 
 
 @pytest.mark.parametrize(
