@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -553,9 +553,17 @@ class Watcher:
     """
 
     def __init__(
-        self, argv: Sequence[str], console_log: Path, *, host_ports: Mapping[int, int] | None = None
+        self,
+        argv: Sequence[str],
+        console_log: Path,
+        *,
+        host_ports: Mapping[int, int] | None = None,
+        restart_on_reset: bool = False,
     ) -> None:
         self.argv = list(argv)
+        #: ``argv`` has ``-no-reboot``: when the guest resets, start qemu again (a power cycle)
+        self.restart_on_reset = restart_on_reset
+        self.restarts = 0
         self.console_log = console_log
         #: guest port -> port on 127.0.0.1 that reaches it
         self.host_ports: dict[int, int] = dict(host_ports or {})
@@ -565,6 +573,7 @@ class Watcher:
         self._eof = False
         self._cond = threading.Condition()
         self._stopped_by_us = False
+        self._stopping = False
         self.started = time.monotonic()
         self._proc = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -573,25 +582,56 @@ class Watcher:
         self._thread.start()
 
     def _pump(self) -> None:
-        assert self._proc.stdout is not None
-        fd = self._proc.stdout.fileno()
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         pending = ""
         try:
             with self.console_log.open("wb") as out:
-                while chunk := os.read(fd, 65536):
-                    out.write(chunk)
-                    out.flush()
-                    pending += decoder.decode(chunk)
-                    # keep a possibly incomplete escape sequence for the next chunk
-                    cut = pending.rfind("\x1b")
-                    if cut >= 0 and not _ESCAPE.match(pending, cut) and len(pending) - cut < 32:
-                        ready, pending = pending[:cut], pending[cut:]
-                    else:
-                        ready, pending = pending, ""
-                    self._append(clean_console(ready))
+                while True:
+                    since = len(self._text)
+                    pending = self._copy(self._proc, out, decoder, pending)
+                    if not self._restart_after_reset(since):
+                        break
         finally:  # waiters must learn that nothing more will come, however this ends
             self._append(clean_console(pending + decoder.decode(b"", final=True)), eof=True)
+
+    def _copy(
+        self, proc: subprocess.Popen[bytes], out: IO[bytes], decoder: Any, pending: str
+    ) -> str:
+        """Copy ``proc``'s console until it ends; what is left of an escape sequence."""
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        while chunk := os.read(fd, 65536):
+            out.write(chunk)
+            out.flush()
+            pending += decoder.decode(chunk)
+            # keep a possibly incomplete escape sequence for the next chunk
+            cut = pending.rfind("\x1b")
+            if cut >= 0 and not _ESCAPE.match(pending, cut) and len(pending) - cut < 32:
+                ready, pending = pending[:cut], pending[cut:]
+            else:
+                ready, pending = pending, ""
+            self._append(clean_console(ready))
+        proc.wait()
+        proc.stdout.close()
+        return pending
+
+    def _restart_after_reset(self, since: int) -> bool:
+        """After qemu ended: when the guest rebooted (not powered off) and we did not stop it,
+        start it again. A warm reset of OVMF under TCG now and then hangs before the firmware
+        prints anything (seen once in 14 minutes of silence); a power cycle does what a
+        machine's restart does for these tests: the disks and the UEFI variables persist."""
+        with self._cond:
+            rebooted = "reboot: machine restart" in self._text[since:]
+            if not (self.restart_on_reset and rebooted) or self._stopping:
+                return False
+            self._proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            self.restarts += 1
+            return True
 
     def _append(self, text: str, *, eof: bool = False) -> None:
         with self._cond:
@@ -654,8 +694,10 @@ class Watcher:
     def stop(self) -> int | None:
         """End qemu (if still running) and the console thread; qemu's own exit status, or
         ``None`` when it had to be stopped."""
+        with self._cond:
+            self._stopping = True  # no restart from here on: self._proc is the last one
+            self._stopped_by_us = self._stopped_by_us or self._proc.poll() is None
         if self._proc.poll() is None:
-            self._stopped_by_us = True
             self._proc.terminate()  # qemu flushes its disks on SIGTERM
             try:
                 self._proc.wait(timeout=10)
@@ -940,7 +982,9 @@ def start_disk(
     without, qemu exits instead. The console goes to ``console_log`` (default:
     ``<disk>.console.log`` beside the disk, replaced each boot).
     """
-    argv = qemu_base(memory_mib, reboot=reboot)
+    # a guest's reboot is a power cycle here: qemu exits (-no-reboot) and the watcher starts it
+    # again (see Watcher._restart_after_reset)
+    argv = qemu_base(memory_mib, reboot=False)
     if firmware == "uefi":
         fw = ovmf()
         argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={fw.code}"]
@@ -953,7 +997,7 @@ def start_disk(
     host_ports = net.resolve() if net else {}
     argv += _nic(net, host_ports)
     log = console_log or disk.with_name(disk.name + ".console.log")
-    return Watcher(argv, log, host_ports=host_ports)
+    return Watcher(argv, log, host_ports=host_ports, restart_on_reset=reboot)
 
 
 @dataclass(frozen=True)
