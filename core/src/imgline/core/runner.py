@@ -22,6 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
+from functools import cache
 from pathlib import Path
 from typing import IO
 
@@ -65,10 +66,15 @@ def track_children(directory: Path | None) -> None:
     _tracked = directory
 
 
+@cache
+def _setpriv() -> str | None:
+    return shutil.which("setpriv")
+
+
 def die_with_service() -> list[str]:
     """A prefix that makes the command get SIGKILL when the service dies (util-linux's
     ``setpriv --pdeathsig``; ``preexec_fn`` is unsafe in a threaded service)."""
-    return ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
+    return ["setpriv", "--pdeathsig", "KILL", "--"] if _setpriv() else []
 
 
 def _proc_stat(pid: int) -> tuple[int, int] | None:
