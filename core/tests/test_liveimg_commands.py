@@ -66,17 +66,45 @@ def test_ext4_command_refuses(label: str, size_mib: int, complaint: str) -> None
         ext4_command(Path("r"), Path("i"), label=label, size_mib=size_mib)
 
 
-@pytest.mark.parametrize("compression", ["zstd", "xz", "gzip", "lz4", "lzo"])
-def test_squashfs_command(compression: str) -> None:
-    assert squashfs_command(Path("/w/stage"), Path("/o/node.squashfs.img"), compression) == [
+@pytest.mark.parametrize(
+    ("compression", "level", "options"),
+    [
+        ("zstd", None, ["-Xcompression-level", "6"]),
+        ("zstd", 19, ["-Xcompression-level", "19"]),
+        ("gzip", None, []),
+        ("gzip", 9, ["-Xcompression-level", "9"]),
+        ("xz", None, []),
+        ("lz4", None, []),
+        ("lzo", None, []),
+    ],
+)
+def test_squashfs_command(compression: str, level: int | None, options: list[str]) -> None:
+    assert squashfs_command(Path("/w/stage"), Path("/o/node.squashfs.img"), compression, level) == [
         "mksquashfs",
         "/w/stage",
         "/o/node.squashfs.img",
         "-noappend",
         "-comp",
         compression,
+        *options,
         "-no-progress",
     ]
+
+
+@pytest.mark.parametrize(
+    ("compression", "level", "advice"),
+    [
+        ("zstd", 0, "use 1-22"),
+        ("zstd", 23, "use 1-22"),
+        ("gzip", 10, "use 1-9"),
+        ("xz", 6, "leave the level out"),
+    ],
+)
+def test_levels_a_compressor_does_not_have_are_refused(
+    compression: str, level: int, advice: str
+) -> None:
+    with pytest.raises(LiveImgError, match=f"has no level {level}: {advice}"):
+        squashfs_command(Path("s"), Path("o"), compression, level)
 
 
 @pytest.mark.parametrize(

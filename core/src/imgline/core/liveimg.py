@@ -396,13 +396,32 @@ def ext4_command(
     ]
 
 
-def squashfs_command(stage_dir: Path, out: Path, compression: str) -> list[str]:
-    """argv of the mksquashfs run that packs ``stage_dir`` (holding LiveOS/) into ``out``."""
+#: Levels a compressor accepts (``-Xcompression-level``), and imgline's default for it.
+#: zstd 6 rather than mksquashfs's 15: on a 2 GiB node image 4 s instead of 42 s on 2 cores,
+#: for a squashfs 6 % larger (180 against 170 MB).
+LEVELS: dict[str, tuple[range, int | None]] = {
+    "zstd": (range(1, 23), 6),
+    "gzip": (range(1, 10), None),
+}
+
+
+def squashfs_command(
+    stage_dir: Path, out: Path, compression: str, level: int | None = None
+) -> list[str]:
+    """argv of the mksquashfs run that packs ``stage_dir`` (holding LiveOS/) into ``out``.
+    ``level`` None is imgline's default for the compressor (``LEVELS``)."""
     if compression not in COMPRESSIONS:
         raise LiveImgError(
             f"squashfs compression {compression!r} is not supported: use one of "
             f"{', '.join(COMPRESSIONS)}"
         )
+    levels, default = LEVELS.get(compression, (range(0), None))
+    if level is not None and level not in levels:
+        raise LiveImgError(
+            f"squashfs compression {compression} has no level {level}"
+            + (f": use {levels.start}-{levels.stop - 1}" if levels else ": leave the level out")
+        )
+    chosen = default if level is None else level
     return [
         "mksquashfs",
         str(stage_dir),
@@ -410,6 +429,7 @@ def squashfs_command(stage_dir: Path, out: Path, compression: str) -> list[str]:
         "-noappend",
         "-comp",
         compression,
+        *(["-Xcompression-level", str(chosen)] if chosen is not None else []),
         "-no-progress",
     ]
 
@@ -472,6 +492,7 @@ def make_squashfs(
     out: Path,
     compression: str = "zstd",
     log_file: IO[str] | None = None,
+    level: int | None = None,
 ) -> Path:
     """Pack ``ext4_image`` as ``LiveOS/rootfs.img`` into the squashfs ``out``.
 
@@ -481,7 +502,7 @@ def make_squashfs(
     stage = Path(tempfile.mkdtemp(prefix="squashfs-stage-", dir=ext4_image.parent))
     tmp_out = out.with_name(f".{out.name}.tmp")
     try:
-        argv = squashfs_command(stage, tmp_out, compression)
+        argv = squashfs_command(stage, tmp_out, compression, level)
         require("mksquashfs", "install squashfs-tools")
         stage.chmod(0o755)  # the squashfs root gets this mode, not mkdtemp's 0700
         (stage / "LiveOS").mkdir(mode=0o755)
@@ -512,6 +533,7 @@ def assemble(
     workdir: Path,
     log_file: IO[str] | None = None,
     headroom_mib: int = 0,
+    compression_level: int | None = None,
 ) -> Path:
     """Turn the root tree into the liveimg ``out``: prepare, size-check, ext4, squashfs.
 
@@ -519,7 +541,8 @@ def assemble(
     ``part / --size``). The intermediate ext4 (sparse, up to its size) lives in a private
     directory under ``workdir`` and is removed afterwards, whatever happens.
     """
-    squashfs_command(Path("stage"), out, compression)  # fail on a bad option before any work
+    # fail on a bad option before any work
+    squashfs_command(Path("stage"), out, compression, compression_level)
     prepare_tree(root, meta)
     stats = tree_stats(root)
     if size_mib is None:
@@ -537,7 +560,7 @@ def assemble(
     private = Path(tempfile.mkdtemp(prefix="liveimg-", dir=workdir))
     try:
         image = make_ext4(root, private / "rootfs.img", size_mib, log_file=log_file)
-        make_squashfs(image, out, compression, log_file)
+        make_squashfs(image, out, compression, log_file, compression_level)
     finally:
         shutil.rmtree(private, ignore_errors=True)
     return out
