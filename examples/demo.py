@@ -313,6 +313,7 @@ def run() -> int:
                 "store_dir": store,
                 "work_dir": str(CACHE / "demo" / "work"),
                 "cache_dir": str(CACHE / "apt" / "bookworm-amd64"),
+                "root_cache_dir": str(CACHE / "roots"),
                 "git_schemes": ["file"],  # the demo's vendor repository is on this machine
             },
         )

@@ -25,6 +25,8 @@ from imgline.schemas.messages import BuildRequestedV1, ImageBuiltV1
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache"
 APT_CACHE = CACHE / "apt" / "bookworm-amd64"
+#: package roots the builder keeps, shared by every test build (keyed by their packages)
+ROOT_CACHE = CACHE / "roots"
 NODE_KS = REPO / "examples" / "node.ks"
 _INPUTS = (
     NODE_KS,
@@ -82,7 +84,12 @@ def build(config: BuilderConfig, req: p.BuildRequested) -> list[fm_message.Messa
 
 
 def _build(where: Path) -> p.ImageBuilt:
-    config = BuilderConfig(store_dir=where / "store", work_dir=where / "work", cache_dir=APT_CACHE)
+    config = BuilderConfig(
+        store_dir=where / "store",
+        work_dir=where / "work",
+        cache_dir=APT_CACHE,
+        root_cache_dir=ROOT_CACHE,
+    )
     req = p.BuildRequested(
         request_id="node-image-fixture",
         source=p.InlineSource(kickstart=NODE_KS.read_text(encoding="utf-8")),

@@ -36,6 +36,7 @@ def test_node_ks_builds_through_the_broker(amqp_url: str, tmp_path: Path) -> Non
         "store_dir": str(store_dir),
         "work_dir": str(tmp_path / "work"),
         "cache_dir": str(APT_CACHE),
+        "root_cache_dir": str(REPO / ".cache" / "roots"),
         "git_schemes": ["file"],
     }
     req = p.BuildRequested(

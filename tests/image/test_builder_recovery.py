@@ -1,6 +1,7 @@
 """A builder killed at any point leaves nothing the next start does not remove: the commands
 it ran die with it, what they started is killed at the next start, work directories go
-(unmounted first) unless another builder works on them, and half-written store files go."""
+(unmounted first) unless another builder works on them, and half-written store files and
+package roots go."""
 
 from __future__ import annotations
 
@@ -89,9 +90,18 @@ def test_recovery_removes_what_a_killed_build_left_but_not_what_is_in_use(
     tmp_path: Path,
 ) -> None:
     config = BuilderConfig(
-        store_dir=tmp_path / "store", work_dir=tmp_path / "work", cache_dir=tmp_path / "c"
+        store_dir=tmp_path / "store",
+        work_dir=tmp_path / "work",
+        cache_dir=tmp_path / "c",
+        root_cache_dir=tmp_path / "roots",
     )
     store = LocalArtifactStore(config.store_dir)
+    # a package root the killed builder was making (its process is gone)
+    dead_pid = subprocess.Popen(["true"])
+    dead_pid.wait()
+    config.root_cache_dir.mkdir()
+    half_root = config.root_cache_dir / f".partial-{dead_pid.pid}-{BUILD}.tar"
+    half_root.write_bytes(b"half a tarball")
     left = config.work_dir / BUILD
     (left / "root" / "proc").mkdir(parents=True)
     (left / "root" / "etc").mkdir()
@@ -116,4 +126,5 @@ def test_recovery_removes_what_a_killed_build_left_but_not_what_is_in_use(
     assert done.work_dirs == [left] and not left.exists()
     assert busy.is_dir() and keep.is_dir()
     assert done.tmp_files == 1 and not stale.exists() and fresh.exists()
+    assert done.partial_roots == 1 and not half_root.exists()
     assert Path("/proc/self/stat").is_file()  # the host's /proc is untouched

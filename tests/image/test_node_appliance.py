@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from nodeimage import APT_CACHE, build
+from nodeimage import APT_CACHE, ROOT_CACHE, build
 
 from imgline.builder.settings import BuilderConfig
 from imgline.core import liveimg
@@ -49,6 +49,7 @@ def test_a_node_appliance_kickstart_builds_with_mmdebstrap(tmp_path: Path) -> No
         store_dir=tmp_path / "store",
         work_dir=tmp_path / "work",
         cache_dir=APT_CACHE,
+        root_cache_dir=ROOT_CACHE,
         git_schemes=("file",),
     )
     store = LocalArtifactStore(config.store_dir)

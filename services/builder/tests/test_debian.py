@@ -11,6 +11,7 @@ import pytest
 
 from imgline.builder.adapters import mmdebstrap as mmdebstrap_adapter
 from imgline.builder.adapters.mmdebstrap import MmdebstrapBackend
+from imgline.builder.adapters.rootcache import RootCache
 from imgline.builder.domain import debian
 from imgline.builder.domain.plan import BuildPlan, Repo, RootFs, RootPassword, Script, User
 from imgline.builder.errors import BackendError
@@ -25,14 +26,14 @@ def plan(**kw: object) -> BuildPlan:
     return BuildPlan(rootfs=ROOTFS, **kw)  # type: ignore[arg-type]
 
 
-def test_command_line_installs_packages_plus_live_boot_and_syncs_the_cache() -> None:
-    cmd = debian.mmdebstrap_command(
+def test_package_root_installs_packages_plus_live_boot_and_syncs_the_cache() -> None:
+    cmd = debian.package_root_command(
         plan(
             packages=("linux-image-cloud-amd64", "python3", "exim4"), excluded_packages=("exim4",)
         ),
         suite="bookworm",
-        target=Path("/w/root"),
-        hook=Path("/w/customize.sh"),
+        output=Path("/w/packages.tar"),
+        hook=Path("/w/exclude.sh"),
         cache_dir=Path("/c/apt"),
         mirror="http://mirror.local/debian",
     )
@@ -40,18 +41,92 @@ def test_command_line_installs_packages_plus_live_boot_and_syncs_the_cache() -> 
         "mmdebstrap",
         "--mode=root",
         "--variant=minbase",
-        "--format=directory",
+        "--format=tar",
         '--aptopt=APT::Install-Recommends "false"',
         "--skip=essential/unlink",
+        "--skip=output/dev",
         "--include=linux-image-cloud-amd64,python3,dracut,dracut-live",
         '--setup-hook=mkdir -p /c/apt "$1/var/cache/apt/archives/"',
         "--setup-hook=sync-in /c/apt /var/cache/apt/archives/",
-        "--customize-hook=/w/customize.sh",
+        "--customize-hook=/w/exclude.sh",
         "--customize-hook=sync-out /var/cache/apt/archives /c/apt",
         "bookworm",
-        "/w/root",
+        "/w/packages.tar",
         "http://mirror.local/debian",
     ]
+
+
+def test_customize_run_unpacks_the_package_root_and_downloads_nothing() -> None:
+    cmd = debian.customize_command(
+        suite="bookworm",
+        package_root=Path("/w/a b/packages.tar"),
+        target=Path("/w/root"),
+        hook=Path("/w/customize.sh"),
+    )
+    assert cmd == [
+        "mmdebstrap",
+        "--mode=root",
+        "--variant=custom",
+        "--skip=update",
+        "--format=directory",
+        "--setup-hook=tar-in '/w/a b/packages.tar' /",
+        "--customize-hook=/w/customize.sh",
+        "bookworm",
+        "/w/root",
+    ]
+
+
+def test_package_root_key_follows_the_packages_not_the_scripts() -> None:
+    def key(built: BuildPlan, **kw: Any) -> str:
+        args: dict[str, Any] = {
+            "suite": "bookworm",
+            "mirror": None,
+            "extra": (),
+            "tool": "mmdebstrap 1.3.5",
+            "mode": "root",
+        }
+        return debian.package_root_key(built, **(args | kw))
+
+    base = plan(packages=("python3", "vim"), excluded_packages=("nano",))
+    same = {
+        key(base),
+        key(plan(packages=("vim", "python3"), excluded_packages=("nano",))),  # order
+        key(
+            base.model_copy(
+                update={
+                    "post": (Script(body="echo changed\n", lineno=9),),
+                    "hostname": "other",
+                    "users": (User(name="ops"),),
+                    "rootfs": RootFs(size_mib=4096),
+                }
+            )
+        ),
+    }
+    assert len(same) == 1
+    different = [
+        key(base, suite="trixie"),
+        key(base, mirror="http://m/debian"),
+        key(base, extra=("http://r/extra",)),
+        key(base, tool="mmdebstrap 1.4.0"),
+        key(base, mode="unshare"),
+        key(plan(packages=("python3", "vim", "curl"), excluded_packages=("nano",))),
+        key(plan(packages=("python3", "vim"))),
+        key(base.model_copy(update={"exclude_docs": True})),
+        key(base.model_copy(update={"groups": ("core",)})),
+        key(base.model_copy(update={"ignore_missing": True})),
+        key(base.model_copy(update={"inst_langs": ("en",)})),
+    ]
+    assert len({*same, *different}) == 1 + len(different)
+
+
+def test_exclusions_are_purged_from_the_package_root() -> None:
+    assert debian.exclusion_script(plan()) is None
+    script = debian.exclusion_script(plan(excluded_packages=("exim4-base", "a'b")))
+    assert script is not None
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+    assert 'chroot "$root" apt-get -y -q purge exim4-base; fi' in script
+    assert "purge 'a'\"'\"'b'" in script
+    assert "purge" not in debian.customize_script(plan(excluded_packages=("exim4-base",)))
 
 
 @pytest.mark.parametrize(
@@ -96,8 +171,8 @@ def test_customize_script_applies_the_kickstart() -> None:
         'printf "%s\\n" \'ops:s3cret it\'"\'"\'s\' | chroot "$root" chpasswd',
         'chroot "$root" systemctl enable ssh',
         'chroot "$root" systemctl disable getty@tty1',
-        '  chroot "$root" dracut --no-hostonly --add dmsquash-live --force'
-        ' "/boot/initrd.img-$kver" "$kver"',
+        '  chroot "$root" dracut --no-hostonly --add dmsquash-live'
+        ' --compress "gzip -n -6" --force "/boot/initrd.img-$kver" "$kver"',
     ]:
         assert line in script.splitlines(), line
     assert "passwd --lock root" not in script
@@ -167,11 +242,10 @@ def test_a_post_log_path_is_never_run_by_the_shell(tmp_path: Path) -> None:
 
 def test_kickstart_repositories_follow_the_main_mirror(tmp_path: Path) -> None:
     def command(**mirrors: Any) -> list[str]:
-        return debian.mmdebstrap_command(
+        return debian.package_root_command(
             plan(),
             suite="bookworm",
-            target=tmp_path,
-            hook=tmp_path / "h",
+            output=tmp_path,
             cache_dir=tmp_path,
             **mirrors,
         )
@@ -209,8 +283,8 @@ def test_excludedocs_and_inst_langs_become_dpkg_path_filters() -> None:
     assert "--dpkgopt=path-include=/usr/share/locale/en_*/*" in opts
     assert "--dpkgopt=path-include=/usr/share/locale/de_DE/*" in opts
     assert debian.dpkg_options(plan()) == ([], [])
-    cmd = debian.mmdebstrap_command(
-        plan(exclude_docs=True), suite="s", target=Path("t"), hook=Path("h"), cache_dir=Path("c")
+    cmd = debian.package_root_command(
+        plan(exclude_docs=True), suite="s", output=Path("t"), cache_dir=Path("c")
     )
     assert cmd.index("--dpkgopt=path-exclude=/usr/share/man/*") < cmd.index("s")
 
@@ -234,31 +308,71 @@ def test_core_is_debians_important_priority_and_other_groups_are_refused(tmp_pat
         )
 
 
+class FakeMmdebstrap:
+    """Stands in for the runner: records each mmdebstrap run and writes what it would."""
+
+    def __init__(self, missing: dict[str, str] | None = None) -> None:
+        self.runs: list[list[str]] = []
+        self.missing = missing or {}
+
+    def __call__(self, cmd: list[str], log: object, **kw: object) -> str:
+        self.runs.append(cmd)
+        if "--format=tar" in cmd:
+            include = next(c for c in cmd if c.startswith("--include="))
+            for name, said in self.missing.items():
+                if name in include.split("=", 1)[1].split(","):
+                    raise CommandError("mmdebstrap failed", 1, said)
+            Path(cmd[-1] if cmd[-1].endswith(".tar") else cmd[-2]).write_bytes(b"tar")
+        else:
+            Path(cmd[cmd.index("bookworm") + 1]).mkdir(exist_ok=True)
+        return ""
+
+    def kinds(self) -> list[str]:
+        return ["packages" if "--format=tar" in c else "customize" for c in self.runs]
+
+
 def test_ignoremissing_leaves_out_what_apt_cannot_find(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runs: list[list[str]] = []
-
-    def fake_run(cmd: list[str], log: object, **kw: object) -> str:
-        runs.append(cmd)
-        (tmp_path / "root").mkdir(exist_ok=True)
-        include = next(c for c in cmd if c.startswith("--include="))
-        if "nosuchpkg" in include:
-            raise CommandError("mmdebstrap failed", 1, "E: Unable to locate package nosuchpkg")
-        if "gone" in include:
-            raise CommandError(
-                "mmdebstrap failed", 1, "E: Package 'gone' has no installation candidate"
-            )
-        return ""
-
-    monkeypatch.setattr(mmdebstrap_adapter, "run", fake_run)
+    fake = FakeMmdebstrap(
+        {
+            "nosuchpkg": "E: Unable to locate package nosuchpkg",
+            "gone": "E: Package 'gone' has no installation candidate",
+        }
+    )
+    monkeypatch.setattr(mmdebstrap_adapter, "run", fake)
     backend = MmdebstrapBackend("bookworm", tmp_path / "cache", None, 60)
     log = io.StringIO()
     wanted = plan(packages=("vim", "nosuchpkg", "gone"), ignore_missing=True, packages_where="k:9")
     out = backend.build(wanted, tmp_path / "ks", tmp_path, log)
-    assert out.tree == tmp_path / "root" and len(runs) == 3
-    assert "--include=vim,dracut,dracut-live" in runs[-1]
+    assert out.tree == tmp_path / "root"
+    assert fake.kinds() == ["packages", "packages", "packages", "customize"]
+    assert "--include=vim,dracut,dracut-live" in fake.runs[2]
     assert "k:9: %packages --ignoremissing: nosuchpkg is not available" in log.getvalue()
     assert "gone is not available" in log.getvalue()
     with pytest.raises(BackendError, match="not available: Unable to locate package nosuchpkg"):
         backend.build(plan(packages=("nosuchpkg",)), tmp_path / "ks", tmp_path, io.StringIO())
+
+
+def test_a_build_that_changes_only_scripts_reuses_the_package_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeMmdebstrap()
+    monkeypatch.setattr(mmdebstrap_adapter, "run", fake)
+    monkeypatch.setattr(MmdebstrapBackend, "tool_version", lambda self: "mmdebstrap 1.3.5")
+    roots = RootCache(tmp_path / "roots", max_bytes=1 << 30, max_age_seconds=3600)
+    backend = MmdebstrapBackend("bookworm", tmp_path / "cache", None, 60, roots=roots)
+    first = plan(packages=("vim",), post=(Script(body="echo one\n", lineno=5),))
+    second = first.model_copy(update={"post": (Script(body="echo two\n", lineno=5),)})
+    for n, built in enumerate((first, second, plan(packages=("vim", "curl")))):
+        work = tmp_path / f"w{n}"
+        work.mkdir()
+        log = io.StringIO()
+        backend.build(built, work / "ks", work, log)
+        assert not (work / "packages.tar").exists()  # the build's link is gone afterwards
+        said = log.getvalue()
+        assert ("reused from the cache" in said) == (n == 1), said
+    assert fake.kinds() == ["packages", "customize", "customize", "packages", "customize"]
+    tar_in = [c for c in fake.runs[2] if c.startswith("--setup-hook=tar-in")]
+    assert tar_in == [f"--setup-hook=tar-in {tmp_path}/w1/packages.tar /"]
+    assert len(list((tmp_path / "roots").glob("*.tar"))) == 2

@@ -6,6 +6,7 @@ import logging
 
 from imgline.builder.adapters.lorax import LoraxBackend
 from imgline.builder.adapters.mmdebstrap import MmdebstrapBackend
+from imgline.builder.adapters.rootcache import root_cache
 from imgline.builder.handlers import BuildMetrics, build_handler
 from imgline.builder.ports import Backend
 from imgline.builder.recovery import recover
@@ -23,7 +24,9 @@ def make_backends(config: BuilderConfig) -> dict[str, Backend]:
     """Every backend this builder offers, configured."""
     timeout = float(config.build_timeout_seconds)
     return {
-        "mmdebstrap": MmdebstrapBackend(config.suite, config.cache_dir, config.mirror, timeout),
+        "mmdebstrap": MmdebstrapBackend(
+            config.suite, config.cache_dir, config.mirror, timeout, roots=root_cache(config)
+        ),
         "livemedia-creator": LoraxBackend(timeout, config.releasever),
     }
 

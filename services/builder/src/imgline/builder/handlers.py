@@ -301,12 +301,19 @@ class BuildStage:
                 headroom_mib=self.config.rootfs_headroom_mib,
                 meta=meta,
                 compression=self.config.compression,
+                compression_level=self.config.compression_level,
                 workdir=workdir,
                 log_file=build_log,
             )
         elif output.fsimage is not None:
             lorax.prepare_fsimage(output.fsimage, meta, workdir, build_log)
-            liveimg.make_squashfs(output.fsimage, out, self.config.compression, build_log)
+            liveimg.make_squashfs(
+                output.fsimage,
+                out,
+                self.config.compression,
+                build_log,
+                self.config.compression_level,
+            )
         else:
             raise PermanentError("the backend produced neither a root tree nor an image")
 

@@ -2,9 +2,10 @@
 
 A SIGKILL can come at any point of a build. Its commands die with it (``imgline.core.runner``),
 but what those started, the build's work directory (with /proc and /dev still mounted in the
-root tree) and half-written files in the store stay. The next start removes them, except what
-another builder sharing the store is working on now: a work directory is removed only under
-its build's lock, and a temporary store file only once nobody has touched it for an hour.
+root tree), half-written store files and half-made package roots stay. The next start removes
+them, except what another builder sharing the store is working on now: a work directory is
+removed only under its build's lock, a temporary store file only once nobody has touched it for
+an hour, and a half-made package root only when the process making it is gone.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imgline.builder.adapters.rootcache import root_cache
 from imgline.builder.settings import BuilderConfig
 from imgline.core import runner
 from imgline.core.artifacts import LocalArtifactStore
@@ -34,6 +36,7 @@ class Recovered:
     killed: list[int] = field(default_factory=list)
     work_dirs: list[Path] = field(default_factory=list)
     tmp_files: int = 0
+    partial_roots: int = 0
 
 
 def recover(config: BuilderConfig, store: LocalArtifactStore) -> Recovered:
@@ -53,11 +56,14 @@ def recover(config: BuilderConfig, store: LocalArtifactStore) -> Recovered:
                 continue  # another builder is on that build right now
             done.work_dirs.append(entry)
     done.tmp_files = store.clear_stale_tmp(STALE_TMP_SECONDS)
-    if done.killed or done.work_dirs or done.tmp_files:
+    done.partial_roots = root_cache(config).clear_partial()
+    if done.killed or done.work_dirs or done.tmp_files or done.partial_roots:
         log.warning(
-            "cleared what a stopped builder left: %d process(es), %d work dir(s), %d temp file(s)",
+            "cleared what a stopped builder left: %d process(es), %d work dir(s), %d temp "
+            "file(s), %d half-made package root(s)",
             len(done.killed),
             len(done.work_dirs),
             done.tmp_files,
+            done.partial_roots,
         )
     return done

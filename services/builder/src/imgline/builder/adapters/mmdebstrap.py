@@ -1,4 +1,8 @@
-"""The mmdebstrap backend: a Debian root tree from the plan, on any Debian-like host."""
+"""The mmdebstrap backend: a Debian root tree from the plan, on any Debian-like host.
+
+Two runs: the package root (``debian.package_root_command``, kept between builds by
+``rootcache``), then the configuration and scripts (``debian.customize_command``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import IO
 
+from imgline.builder.adapters.rootcache import RootCache
 from imgline.builder.domain import debian
 from imgline.builder.domain.plan import BuildPlan
 from imgline.builder.errors import (
@@ -16,7 +21,6 @@ from imgline.builder.errors import (
     BackendUnavailableError,
 )
 from imgline.builder.ports import BuildOutput
-from imgline.core.fsutil import remove_tree
 from imgline.core.runner import CommandError, run
 
 _POST_FAILED = re.compile(re.escape(debian.POST_FAILED) + r" (\d+) failed with status (\d+)$", re.M)
@@ -38,6 +42,11 @@ def _missing_package(tail: str) -> str | None:
     return (found.group("a") or found.group("b")) if found else None
 
 
+def _extra(plan: BuildPlan) -> tuple[str, ...]:
+    """The kickstart's ``repo --baseurl`` mirrors."""
+    return tuple(r.baseurl for r in plan.repos if r.baseurl)
+
+
 def _line(where: str) -> int | None:
     """The line of a ``file:line`` position, for ``build.failed``."""
     tail = where.rpartition(":")[2]
@@ -45,15 +54,25 @@ def _line(where: str) -> int | None:
 
 
 class MmdebstrapBackend:
-    """Runs ``mmdebstrap --mode=root``: needs root (or fails with that advice)."""
+    """Runs mmdebstrap twice: the package root (kept in ``roots`` when given), then the
+    kickstart's configuration and scripts on it. Root mode: needs root (or fails saying so)."""
 
     name = "mmdebstrap"
 
-    def __init__(self, suite: str, cache_dir: Path, mirror: str | None, timeout: float) -> None:
+    def __init__(
+        self,
+        suite: str,
+        cache_dir: Path,
+        mirror: str | None,
+        timeout: float,
+        roots: RootCache | None = None,
+    ) -> None:
         self.suite = suite
         self.cache_dir = cache_dir
         self.mirror = mirror
         self.timeout = timeout
+        self.roots = roots
+        self._tool: str | None = None
 
     def check_available(self) -> None:
         if shutil.which("mmdebstrap") is None:
@@ -106,18 +125,97 @@ class MmdebstrapBackend:
             log.write(
                 f"# note: selinux {plan.selinux} recorded in image.json (no SELinux on Debian)\n"
             )
+        package_root = self._package_root(plan, workdir, log)
         target = workdir / "root"
+        hook = workdir / "customize.sh"
+        hook.write_text(debian.customize_script(plan), encoding="utf-8")
+        hook.chmod(0o700)
+        cmd = debian.customize_command(
+            suite=self.suite,
+            package_root=package_root,
+            target=target,
+            hook=hook,
+            mirror=self._mirror(plan),
+            extra=_extra(plan),
+        )
+        try:
+            run(cmd, log, timeout=self.timeout, env=self._env(workdir))
+        except CommandError as exc:
+            raise self._classify(exc) from exc
+        finally:
+            hook.unlink(missing_ok=True)  # it may hold password hashes
+            package_root.unlink(missing_ok=True)
+        return BuildOutput(tree=target)
+
+    def _mirror(self, plan: BuildPlan) -> str | None:
+        return plan.mirror.baseurl if plan.mirror else self.mirror
+
+    def _env(self, workdir: Path) -> dict[str, str]:
+        """mmdebstrap's temporary chroot goes into the work directory, which the next start
+        unmounts and removes if the builder is killed (not into the host's /tmp)."""
+        tmp = workdir / "tmp"
+        tmp.mkdir(exist_ok=True)
+        return {**os.environ, "TMPDIR": str(tmp)}
+
+    def tool_version(self) -> str:
+        if self._tool is None:
+            self._tool = run(["mmdebstrap", "--version"]).strip()
+        return self._tool
+
+    def _package_root(self, plan: BuildPlan, workdir: Path, log: IO[str]) -> Path:
+        """The plan's packages installed, as a tarball in ``workdir``: from the cache when a
+        fresh one is kept, else made (and kept)."""
+        dest = workdir / "packages.tar"
+        if self.roots is None:
+            self._make_root(plan, workdir, dest, log)
+            return dest
+        key = debian.package_root_key(
+            plan,
+            suite=self.suite,
+            mirror=self._mirror(plan),
+            extra=_extra(plan),
+            tool=self.tool_version(),
+            mode="root",
+        )
+        with self.roots.locked(key):
+            hit = self.roots.take(key, dest)
+            if hit is not None:
+                log.write(
+                    f"# package root {key[:16]} reused from the cache (made "
+                    f"{hit.age_seconds / 60:.0f} min ago)\n"
+                )
+                return dest
+            log.write(f"# package root {key[:16]} not in the cache: installing the packages\n")
+            return self.roots.put(key, lambda out: self._make_root(plan, workdir, out, log), dest)
+
+    def _make_root(self, plan: BuildPlan, workdir: Path, output: Path, log: IO[str]) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        hook: Path | None = None
         while True:
+            script = debian.exclusion_script(plan)
+            if script is not None:
+                hook = workdir / "exclude.sh"
+                hook.write_text(script, encoding="utf-8")
+                hook.chmod(0o700)
+            cmd = debian.package_root_command(
+                plan,
+                suite=self.suite,
+                output=output,
+                cache_dir=self.cache_dir,
+                hook=hook,
+                mirror=self._mirror(plan),
+                extra=_extra(plan),
+            )
             try:
-                self._bootstrap(plan, workdir, target, log)
-                return BuildOutput(tree=target)
+                run(cmd, log, timeout=self.timeout, env=self._env(workdir))
+                return
             except CommandError as exc:
+                output.unlink(missing_ok=True)
                 missing = _missing_package(exc.tail)
                 if not (plan.ignore_missing and missing in plan.packages):
                     raise self._classify(exc) from exc
-            # --ignoremissing: leave the package out and start again (one bootstrap per
-            # missing package; the .deb cache makes the next one quicker)
+            # --ignoremissing: leave the package out and start again (one run per missing
+            # package; the .deb cache makes the next one quicker)
             log.write(
                 f"# warning: {plan.packages_where}: %packages --ignoremissing: {missing} is "
                 "not available; building without it\n"
@@ -125,25 +223,6 @@ class MmdebstrapBackend:
             plan = plan.model_copy(
                 update={"packages": tuple(p for p in plan.packages if p != missing)}
             )
-            remove_tree(target)
-
-    def _bootstrap(self, plan: BuildPlan, workdir: Path, target: Path, log: IO[str]) -> None:
-        hook = workdir / "customize.sh"
-        hook.write_text(debian.customize_script(plan), encoding="utf-8")
-        hook.chmod(0o700)
-        cmd = debian.mmdebstrap_command(
-            plan,
-            suite=self.suite,
-            target=target,
-            hook=hook,
-            cache_dir=self.cache_dir,
-            mirror=plan.mirror.baseurl if plan.mirror else self.mirror,
-            extra=tuple(r.baseurl for r in plan.repos if r.baseurl),
-        )
-        try:
-            run(cmd, log, timeout=self.timeout)
-        finally:
-            hook.unlink(missing_ok=True)  # it may hold password hashes
 
     @staticmethod
     def _classify(exc: CommandError) -> Exception:
