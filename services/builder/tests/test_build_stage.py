@@ -4,8 +4,12 @@ real assembly, is the image tier's (tests/image/test_build_handler.py)."""
 
 from __future__ import annotations
 
+import json
+import threading
+import time
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 from fedora_messaging import message as fm_message
@@ -13,12 +17,13 @@ from prometheus_client import CollectorRegistry
 
 from imgline.builder.domain.plan import BuildPlan
 from imgline.builder.errors import BackendError, BackendTransientError
-from imgline.builder.handlers import BUILDS, BuildMetrics, build_handler
+from imgline.builder.handlers import BUILDS, BuildMetrics, BuildStage, build_handler
 from imgline.builder.ports import BuildOutput
 from imgline.builder.settings import BuilderConfig
 from imgline.core.artifacts import LocalArtifactStore
 from imgline.core.bus import policy
 from imgline.core.errors import TransientError
+from imgline.core.liveimg import LiveImgError
 from imgline.schemas import payloads as p
 from imgline.schemas.messages import BuildFailedV1, BuildRequestedV1, ImageBuiltV1
 
@@ -145,3 +150,144 @@ def test_a_redelivery_announces_the_stored_build(tmp_path: Path) -> None:
     msg = lab.send(req)
     assert isinstance(msg, ImageBuiltV1) and msg.payload == built
     assert lab.backend.calls == 0
+
+
+class TreeBackend:
+    """Builds nothing real: a root tree directory, after ``delay`` seconds."""
+
+    name = "mmdebstrap"
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.calls = 0
+
+    def check_available(self) -> None:
+        pass
+
+    def build(self, plan: BuildPlan, kickstart: Path, workdir: Path, log: IO[str]) -> BuildOutput:
+        self.calls += 1
+        time.sleep(self.delay)
+        (workdir / "root").mkdir()
+        return BuildOutput(tree=workdir / "root")
+
+
+class Assembly:
+    """Stands in for liveimg assembly: writes the image.json it was given; can fail once; notes
+    whether two builds were ever assembling at the same time."""
+
+    def __init__(self, fail: list[Exception] | None = None) -> None:
+        self.fail = fail or []
+        self.inside = 0
+        self.overlapped = False
+        self.guard = threading.Lock()
+
+    def __call__(
+        self,
+        output: BuildOutput,
+        out: Path,
+        plan: BuildPlan,
+        *,
+        meta: dict[str, Any],
+        workdir: Path,
+        build_log: IO[str],
+    ) -> None:
+        with self.guard:
+            self.inside += 1
+            self.overlapped |= self.inside > 1
+        try:
+            time.sleep(0.4)
+            if self.fail:
+                raise self.fail.pop()
+            out.write_text(json.dumps(meta))
+        finally:
+            with self.guard:
+                self.inside -= 1
+
+
+def builder(
+    tmp: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    assembly: Assembly,
+    delay: float = 0.0,
+) -> tuple[Any, list[fm_message.Message], LocalArtifactStore]:
+    monkeypatch.setattr(BuildStage, "_assemble", assembly)
+    store = LocalArtifactStore(tmp / "store")
+    sent: list[fm_message.Message] = []
+    handler = build_handler(
+        BuilderConfig(store_dir=store.root, work_dir=tmp / f"work-{len(list(tmp.iterdir()))}"),
+        store,
+        {"mmdebstrap": TreeBackend(delay)},
+        publish=sent.append,
+        topic_prefix="imgline",
+        metrics=BuildMetrics(CollectorRegistry()),
+        clock=lambda: datetime(2026, 12, 2, 12, 0, tzinfo=UTC),
+    )
+    return handler, sent, store
+
+
+def request(n: int, **kw: Any) -> BuildRequestedV1:
+    ks = KS.replace("systemd", f"systemd\npkg{n}")
+    return BuildRequestedV1.from_payload(
+        p.BuildRequested(request_id=f"r{n}", name="node", source=p.InlineSource(kickstart=ks), **kw)
+    )
+
+
+def test_a_build_that_fails_after_its_backend_leaves_no_gap_in_versions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler, sent, store = builder(tmp_path, monkeypatch, Assembly([LiveImgError("no room")]))
+    handler(request(1))
+    assert isinstance(sent[-1], BuildFailedV1) and sent[-1].payload.stage == "assemble"
+    assert store.list_records("versions.node") == []
+    handler(request(2))
+    assert sent[-1].payload.version == "20261202.1"
+    handler(request(3))
+    assert sent[-1].payload.version == "20261202.2"
+
+
+def test_a_build_stopped_after_its_claim_keeps_its_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler, sent, store = builder(tmp_path, monkeypatch, Assembly())
+    handler(request(1))
+    again = request(2)
+    # the builder stored and claimed, then died before it said so: the retry is that version
+    store.claim_record("versions.node", "20261202.2", again.body["build_id"].encode())
+    handler(again)
+    assert sent[-1].payload.version == "20261202.2"
+    handler(request(3))
+    assert sent[-1].payload.version == "20261202.3"
+
+
+def test_builders_sharing_a_store_never_take_one_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assembly = Assembly()
+    lanes = [builder(tmp_path, monkeypatch, assembly) for _ in range(4)]
+    threads = [
+        threading.Thread(target=handler, args=(request(i),))
+        for i, (handler, _, _) in enumerate(lanes)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    versions = sorted(sent[-1].payload.version for _, sent, _ in lanes)
+    assert versions == [f"20261202.{n}" for n in (1, 2, 3, 4)]
+    assert not assembly.overlapped
+    for version in versions:  # each image says the version it was announced with
+        built = next(s[-1].payload for _, s, _ in lanes if s[-1].payload.version == version)
+        path = lanes[0][2].path_for(built.artifact.sha256)
+        assert json.loads(path.read_text())["version"] == version
+
+
+def test_a_pinned_version_another_build_has_fails_before_building(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler, sent, _ = builder(tmp_path, monkeypatch, Assembly())
+    handler(request(1, version="2.0"))
+    assert sent[-1].payload.version == "2.0"
+    handler(request(2, version="2.0"))
+    failed = sent[-1].payload
+    assert isinstance(failed, p.BuildFailed) and failed.stage == "build"
+    assert "version 2.0 of node was already built by build" in failed.error

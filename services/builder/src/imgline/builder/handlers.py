@@ -30,7 +30,7 @@ from imgline.builder.ports import Backend, BuildOutput
 from imgline.builder.settings import BuilderConfig
 from imgline.core import liveimg
 from imgline.core.artifacts import LocalArtifactStore
-from imgline.core.bus.stage import LOCKS, StageHandler
+from imgline.core.bus.stage import LOCKS, StageHandler, exclusive
 from imgline.core.errors import (
     ImglineError,
     PermanentError,
@@ -250,18 +250,31 @@ class BuildStage:
                 f"this builder has no backend {req.backend!r} (it has {', '.join(self.backends)})"
             )
         backend.check_available()
+        if req.version is not None:
+            self._next_version(req)  # a pinned version another build has: say so before building
         # Backends that read the kickstart themselves (lorax) get the expanded text, so they
         # cannot resolve an %include differently from the parser that validated it.
         flat = workdir / "kickstart.flat.ks"
         flat.write_text(parsed.flat_text, encoding="utf-8")
         output = backend.build(parsed.plan, flat, workdir, build_log)
         progress.stage = "assemble"
-        version = self._claim_version(req)
-        meta = self._image_meta(req, version, parsed.plan, output, src.commit)
-        out = workdir / f"{release_name(req.name, version)}.squashfs.img"
-        self._assemble(output, out, parsed.plan, meta=meta, workdir=workdir, build_log=build_log)
-        progress.stage = "store"
-        stored = self.store.put_file(out, move=True)
+        # The version is decided, the image made with it and stored, and only then claimed,
+        # all under one lock per image name: a failure or crash on the way claims nothing
+        # (no gap), and builders sharing the store take turns (never the same version).
+        with exclusive(
+            self.store.root / LOCKS,
+            f"versions.{req.name}",
+            wait_seconds=float(self.config.build_timeout_seconds),
+        ):
+            version = self._next_version(req)
+            meta = self._image_meta(req, version, parsed.plan, output, src.commit)
+            out = workdir / f"{release_name(req.name, version)}.squashfs.img"
+            self._assemble(
+                output, out, parsed.plan, meta=meta, workdir=workdir, build_log=build_log
+            )
+            progress.stage = "store"
+            stored = self.store.put_file(out, move=True)
+            self._claim_version(req, version)
         build_log.write(f"# stored {stored.uri} sha256 {stored.sha256} ({stored.size} bytes)\n")
         built = p.ImageBuilt(
             build_id=req.build_id,
@@ -317,23 +330,35 @@ class BuildStage:
         else:
             raise PermanentError("the backend produced neither a root tree nor an image")
 
-    def _claim_version(self, req: p.BuildRequested) -> str:
+    def _next_version(self, req: p.BuildRequested) -> str:
+        """The version this build gets (under the name's lock): the one it claimed before a
+        crash cut it short, the pinned one, or the next free one of today."""
         namespace = f"versions.{req.name}"
+        taken = self.store.list_records(namespace)
+        own = req.build_id.encode()
+        for version in reversed(taken):
+            if self.store.read_record(namespace, version) == own:
+                return version  # claimed, then stopped before announcing it
         if req.version is not None:
-            if not self.store.claim_record(namespace, req.version, req.build_id.encode()):
-                owner = (self.store.read_record(namespace, req.version) or b"?").decode()
-                if owner != req.build_id:
-                    raise PermanentError(
-                        f"version {req.version} of {req.name} was already built by build {owner}: "
-                        "pin another version or leave it out"
-                    )
+            owner = self.store.read_record(namespace, req.version)
+            if owner is not None:
+                raise PermanentError(
+                    f"version {req.version} of {req.name} was already built by build "
+                    f"{owner.decode(errors='replace')}: pin another version or leave it out"
+                )
             return req.version
-        today = self.clock().date()
-        for _ in range(1000):
-            version = next_version(today, self.store.list_records(namespace))
-            if self.store.claim_record(namespace, version, req.build_id.encode()):
-                return version
-        raise TransientError(f"could not claim a version for {req.name}: too much contention")
+        return next_version(self.clock().date(), taken)
+
+    def _claim_version(self, req: p.BuildRequested, version: str) -> None:
+        namespace = f"versions.{req.name}"
+        if self.store.claim_record(namespace, version, req.build_id.encode()):
+            return
+        if self.store.read_record(namespace, version) != req.build_id.encode():
+            # only a builder that does not take the lock (an older release) gets here
+            raise TransientError(
+                f"version {version} of {req.name} was claimed by another builder while this "
+                "one held the lock: building again"
+            )
 
     def _image_meta(
         self,
