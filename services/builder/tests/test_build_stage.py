@@ -209,12 +209,15 @@ def builder(
     monkeypatch: pytest.MonkeyPatch,
     assembly: Assembly,
     delay: float = 0.0,
+    **config: Any,
 ) -> tuple[Any, list[fm_message.Message], LocalArtifactStore]:
     monkeypatch.setattr(BuildStage, "_assemble", assembly)
     store = LocalArtifactStore(tmp / "store")
     sent: list[fm_message.Message] = []
     handler = build_handler(
-        BuilderConfig(store_dir=store.root, work_dir=tmp / f"work-{len(list(tmp.iterdir()))}"),
+        BuilderConfig(
+            store_dir=store.root, work_dir=tmp / f"work-{len(list(tmp.iterdir()))}", **config
+        ),
         store,
         {"mmdebstrap": TreeBackend(delay)},
         publish=sent.append,
@@ -291,3 +294,39 @@ def test_a_pinned_version_another_build_has_fails_before_building(
     failed = sent[-1].payload
     assert isinstance(failed, p.BuildFailed) and failed.stage == "build"
     assert "version 2.0 of node was already built by build" in failed.error
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "kind"),
+    [
+        ("%pre\ntouch /tmp/on-the-builder\n%end\n", 10, "%pre"),
+        (
+            "%post\necho in the image\n%end\n%post --nochroot\ncp x $INSTALL_ROOT/\n%end\n",
+            13,
+            "%post --nochroot",
+        ),
+    ],
+)
+def test_scripts_that_run_on_the_build_host_are_refused_with_their_line(
+    tmp_path: Path, section: str, line: int, kind: str
+) -> None:
+    lab = Lab(tmp_path)
+    failed = lab.send(lab.request(KS + section)).payload
+    assert isinstance(failed, p.BuildFailed)
+    assert (failed.stage, failed.kickstart_line) == ("parse", line)
+    assert failed.error.startswith(f"inline.ks:{line}: {kind} runs on the build host")
+    assert "allow_host_scripts" in failed.error
+    assert lab.backend.calls == 0
+
+
+def test_an_operator_may_allow_host_scripts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler, sent, _ = builder(tmp_path, monkeypatch, Assembly(), allow_host_scripts=True)
+    ks = KS + "%post --nochroot\ncp x $INSTALL_ROOT/\n%end\n"
+    handler(
+        BuildRequestedV1.from_payload(
+            p.BuildRequested(request_id="r", name="node", source=p.InlineSource(kickstart=ks))
+        )
+    )
+    assert isinstance(sent[-1], ImageBuiltV1)

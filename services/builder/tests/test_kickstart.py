@@ -223,7 +223,7 @@ def test_post_and_pre_scripts() -> None:
         "%end\n"
     )
     plan = parse(text).plan
-    assert plan.pre == (Script(body="echo pre\n", chroot=False, lineno=3),)
+    assert plan.pre == (Script(body="echo pre\n", chroot=False, lineno=3, where="kickstart.ks:3"),)
     assert plan.post == (
         Script(
             body="import sys\nprint(sys.version)\n",
@@ -232,8 +232,15 @@ def test_post_and_pre_scripts() -> None:
             error_on_fail=True,
             lineno=6,
             logfile="/tmp/post.log",
+            where="kickstart.ks:6",
         ),
-        Script(body="systemctl enable sshd\n", interpreter="/bin/sh", chroot=True, lineno=10),
+        Script(
+            body="systemctl enable sshd\n",
+            interpreter="/bin/sh",
+            chroot=True,
+            lineno=10,
+            where="kickstart.ks:10",
+        ),
     )
 
 

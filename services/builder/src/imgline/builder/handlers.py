@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from imgline.builder.adapters import lorax, sources
 from imgline.builder.domain.plan import BuildPlan
 from imgline.builder.domain.version import next_version, release_name
-from imgline.builder.errors import BackendUnavailableError
+from imgline.builder.errors import BackendUnavailableError, KickstartError
 from imgline.builder.kickstart import parse_kickstart
 from imgline.builder.ports import Backend, BuildOutput
 from imgline.builder.settings import BuilderConfig
@@ -243,6 +243,8 @@ class BuildStage:
         )
         for warning in parsed.warnings:
             build_log.write(f"# kickstart warning: {warning}\n")
+        if not self.config.allow_host_scripts:
+            refuse_host_scripts(parsed.plan)
         progress.stage = "build"
         backend = self.backends.get(req.backend)
         if backend is None:
@@ -388,6 +390,24 @@ class BuildStage:
             return None
         self.store.write_record(LOGS, f"{build_id}.log", data)
         return self.store.record_uri(LOGS, f"{build_id}.log")
+
+
+def refuse_host_scripts(plan: BuildPlan) -> None:
+    """``%pre`` and ``%post --nochroot`` run on the build host, outside the image: whoever can
+    push a kickstart would run commands on the builder. Refused unless the operator allowed it
+    (``allow_host_scripts``), naming the first such section."""
+    hosted = plan.pre or tuple(s for s in plan.post if not s.chroot)
+    if not hosted:
+        return
+    first = hosted[0]
+    kind = "%pre" if plan.pre else "%post --nochroot"
+    raise KickstartError(
+        f"{kind} runs on the build host, which this builder does not allow "
+        "(allow_host_scripts = false): do the work in a %post inside the image, or send the "
+        "build to a builder whose operator allows host scripts",
+        line=first.lineno,
+        path=first.where.rpartition(":")[0] or None,
+    )
 
 
 def _describe_boot(tree: Path, meta: dict[str, Any]) -> None:

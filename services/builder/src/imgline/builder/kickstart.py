@@ -748,6 +748,7 @@ def _scripts(scripts: Any, kind: int, expanded: _Expanded) -> tuple[Script, ...]
                 error_on_fail=bool(script.errorOnFail),
                 lineno=origin.line if origin else max(1, _number(script.lineno) or 1),
                 logfile=_text(script.logfile),
+                where=expanded.where(script.lineno),
             )
         )
     return tuple(result)

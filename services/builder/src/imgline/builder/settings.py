@@ -71,6 +71,11 @@ class BuilderConfig(BaseModel):
         pattern=r"^[A-Za-z0-9_-]{1,32}$",
         description="$basearch in the kickstart's url/repo lines",
     )
+    allow_host_scripts: bool = Field(
+        default=False,
+        description="run %pre and %post --nochroot scripts: they run on the build host, not "
+        "in the image, so only for kickstarts from people trusted with this host",
+    )
     git_schemes: tuple[GitScheme, ...] = Field(
         default=("https", "ssh", "git"),
         min_length=1,

@@ -47,6 +47,7 @@ class Script(PlanModel):
     error_on_fail: bool = False
     lineno: int = Field(ge=1, description="kickstart line of the %post header")
     logfile: str | None = None
+    where: str = Field(default="", description="file:line of the header, for messages")
 
 
 class RootFs(PlanModel):
