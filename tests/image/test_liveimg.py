@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from imgline.core import liveimg
+from imgline.core.fsutil import mounts_below
 from imgline.core.liveimg import LiveImgError
 
 pytestmark = pytest.mark.image
@@ -110,7 +111,7 @@ def test_assemble_and_look_inside(tree: Path, tmp_path: Path, compression: str) 
     assert not list(tmp_path.glob(".node.squashfs.img*"))
     log_text = (tmp_path / "build.log").read_text()
     assert "$ mke2fs -t ext4" in log_text
-    assert f"-comp {compression} -no-progress" in log_text
+    assert f"-comp {compression} " in log_text
 
     info = subprocess.run(
         ["unsquashfs", "-s", str(out)], check=True, capture_output=True, text=True
@@ -197,6 +198,43 @@ def check_batch_helpers(extracted: Path, tmp_path: Path) -> None:
 
 def image_json_bytes() -> bytes:
     return (json.dumps(META, sort_keys=True, indent=2) + "\n").encode()
+
+
+def test_the_factory_copy_is_read_through_a_view_of_etc(tree: Path, tmp_path: Path) -> None:
+    """Without hard links in /etc, mke2fs reads the factory copy through a bind mount of /etc
+    (no file is created per /etc entry); the image still gets a copy with inodes of its own."""
+    (tree / "etc" / "hostname.hardlink").unlink()
+    etc_before = snapshot(tree / "etc")
+    out = tmp_path / "node.squashfs.img"
+    with (tmp_path / "build.log").open("w") as log_file:
+        liveimg.assemble(tree, out, size_mib=64, meta=META, workdir=tmp_path, log_file=log_file)
+    assert "$ mount --bind" in (tmp_path / "build.log").read_text()
+    factory_in_tree = tree / "usr" / "share" / "factory" / "etc"
+    assert not mounts_below(factory_in_tree) and list(factory_in_tree.iterdir()) == []
+    with (
+        loop_mount(out, tmp_path / "squash") as squash,
+        loop_mount(squash / "LiveOS" / "rootfs.img", tmp_path / "ext4") as rootfs,
+    ):
+        factory = rootfs / "usr" / "share" / "factory" / "etc"
+        assert snapshot(factory) == etc_before == snapshot(rootfs / "etc")
+        for name in ("hostname", "ssh/sshd_config", "shadow"):
+            assert (factory / name).stat().st_ino != (rootfs / "etc" / name).stat().st_ino
+
+
+def test_a_view_a_killed_assembly_left_is_unmounted_not_deleted_through(
+    tree: Path, tmp_path: Path
+) -> None:
+    liveimg.prepare_tree(tree, META, copy_etc=False)
+    factory = tree / "usr" / "share" / "factory" / "etc"
+    subprocess.run(["mount", "--bind", str(tree / "etc"), str(factory)], check=True)
+    try:
+        liveimg.prepare_tree(tree, META)
+    finally:
+        if mounts_below(factory):
+            subprocess.run(["umount", str(factory)], check=False)
+    assert (tree / "etc" / "hostname").read_text() == "node\n"  # /etc itself is untouched
+    assert (factory / "hostname").read_text() == "node\n"  # and the copy is a real one
+    assert not mounts_below(factory)
 
 
 def test_reassembly_replaces_factory_etc(tree: Path, tmp_path: Path) -> None:
