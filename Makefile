@@ -33,6 +33,7 @@ demo: sync
 
 bench: sync
 	$(UV) run --frozen python bench/bus.py
+	$(UV) run --frozen python bench/build.py
 	$(UV) run --frozen python bench/assemble.py
 	$(UV) run --frozen python bench/tester.py
 	$(UV) run --frozen python bench/repo.py
