@@ -42,10 +42,13 @@ systemd
 
 
 class FakeBackend:
+    """Raises ``error``, or makes an empty root tree after ``delay`` seconds."""
+
     name = "mmdebstrap"
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, error: Exception | None = None, delay: float = 0.0) -> None:
         self.error = error
+        self.delay = delay
         self.calls = 0
 
     def check_available(self) -> None:
@@ -54,7 +57,11 @@ class FakeBackend:
     def build(self, plan: BuildPlan, kickstart: Path, workdir: Path, log: IO[str]) -> BuildOutput:
         self.calls += 1
         log.write("backend started\n")
-        raise self.error
+        if self.error is not None:
+            raise self.error
+        time.sleep(self.delay)
+        (workdir / "root").mkdir()
+        return BuildOutput(tree=workdir / "root")
 
 
 class Lab:
@@ -152,25 +159,6 @@ def test_a_redelivery_announces_the_stored_build(tmp_path: Path) -> None:
     assert lab.backend.calls == 0
 
 
-class TreeBackend:
-    """Builds nothing real: a root tree directory, after ``delay`` seconds."""
-
-    name = "mmdebstrap"
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
-        self.calls = 0
-
-    def check_available(self) -> None:
-        pass
-
-    def build(self, plan: BuildPlan, kickstart: Path, workdir: Path, log: IO[str]) -> BuildOutput:
-        self.calls += 1
-        time.sleep(self.delay)
-        (workdir / "root").mkdir()
-        return BuildOutput(tree=workdir / "root")
-
-
 class Assembly:
     """Stands in for liveimg assembly: writes the image.json it was given; can fail once; notes
     whether two builds were ever assembling at the same time."""
@@ -219,7 +207,7 @@ def builder(
             store_dir=store.root, work_dir=tmp / f"work-{len(list(tmp.iterdir()))}", **config
         ),
         store,
-        {"mmdebstrap": TreeBackend(delay)},
+        {"mmdebstrap": FakeBackend(delay=delay)},
         publish=sent.append,
         topic_prefix="imgline",
         metrics=BuildMetrics(CollectorRegistry()),
