@@ -1,8 +1,10 @@
-"""BuildPlan → mmdebstrap: the exact command line and the customize script, as pure text.
+"""BuildPlan → mmdebstrap: the exact command lines and the customize script, as pure text.
 
-Everything the kickstart asks for beyond "install these packages" happens in one generated bash
-script that mmdebstrap runs as a customize hook (root directory as ``$1``, with /proc, /sys and
-/dev mounted). Generating it here, not in the adapter, lets unit tests read every line.
+A build is two mmdebstrap runs (docs/architecture.md, "Builder"): the package root, named by
+:func:`package_root_key` so it can be kept between builds, then everything else the kickstart
+asks for, in one generated bash script that the second run executes as a customize hook (root
+directory as ``$1``, with /proc, /sys and /dev mounted). Generating it here, not in the
+adapter, lets unit tests read every line.
 """
 
 from __future__ import annotations
