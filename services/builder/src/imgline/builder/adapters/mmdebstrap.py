@@ -191,12 +191,13 @@ class MmdebstrapBackend:
     def _make_root(self, plan: BuildPlan, workdir: Path, output: Path, log: IO[str]) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         hook: Path | None = None
+        script = debian.exclusion_script(plan)  # the same for every try: exclusions stay
+        if script is not None:
+            hook = workdir / "exclude.sh"
+            hook.write_text(script, encoding="utf-8")
+            hook.chmod(0o700)
+        env = self._env(workdir)
         while True:
-            script = debian.exclusion_script(plan)
-            if script is not None:
-                hook = workdir / "exclude.sh"
-                hook.write_text(script, encoding="utf-8")
-                hook.chmod(0o700)
             cmd = debian.package_root_command(
                 plan,
                 suite=self.suite,
@@ -207,7 +208,7 @@ class MmdebstrapBackend:
                 extra=_extra(plan),
             )
             try:
-                run(cmd, log, timeout=self.timeout, env=self._env(workdir))
+                run(cmd, log, timeout=self.timeout, env=env)
                 return
             except CommandError as exc:
                 output.unlink(missing_ok=True)
