@@ -28,18 +28,10 @@ BUILD = "ab" * 32
 OTHER = "cd" * 32
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def wait_gone(pid: int, seconds: float = 10.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if not alive(pid):
+        if not runner.is_running(pid):
             return True
         time.sleep(0.05)
     return False
@@ -78,7 +70,7 @@ def test_a_killed_service_leaves_nothing_running_after_the_next_start(tmp_path: 
         service.send_signal(signal.SIGKILL)
         service.wait(10)
         assert wait_gone(shell)  # the command died with the service
-        assert alive(sleeper)  # what it started is still there: an orphan
+        assert runner.is_running(sleeper)  # what it started is still there: an orphan
         assert runner.reap_leftovers(children) == [sleeper]
         assert wait_gone(sleeper)
         assert list(children.iterdir()) == []

@@ -91,6 +91,11 @@ def _proc_stat(pid: int) -> tuple[int, int] | None:
         return None
 
 
+def is_running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (a zombie has ended)."""
+    return _proc_stat(pid) is not None
+
+
 def _boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()

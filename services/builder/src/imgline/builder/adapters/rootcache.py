@@ -27,6 +27,7 @@ from pathlib import Path
 
 from imgline.builder.errors import BackendError
 from imgline.builder.settings import BuilderConfig
+from imgline.core import runner
 from imgline.core.bus.stage import exclusive
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,8 @@ LOCK_WAIT_SECONDS = 3 * 3600.0
 
 @dataclass(frozen=True)
 class Hit:
-    """A fresh entry, linked into the build's work directory."""
+    """A fresh entry was linked to the destination; it was made this long ago."""
 
-    path: Path
     age_seconds: float
 
 
@@ -91,7 +91,7 @@ class RootCache:
             return None
         _link_or_copy(path, dest)
         os.utime(path, (now, st.st_mtime))
-        return Hit(dest, age)
+        return Hit(age)
 
     def put(self, key: str, make: Callable[[Path], None], dest: Path) -> Path:
         """Make entry ``key`` with ``make(tmp_path)``, keep it (evicting the least recently
@@ -146,20 +146,10 @@ class RootCache:
         cleared = 0
         for path in self.directory.iterdir():
             found = _PARTIAL.match(path.name)
-            if found and not _alive(int(found.group(1))):
+            if found and not runner.is_running(int(found.group(1))):
                 path.unlink(missing_ok=True)
                 cleared += 1
         return cleared
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
