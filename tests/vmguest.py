@@ -575,11 +575,15 @@ class Watcher:
         self._stopped_by_us = False
         self._stopping = False
         self.started = time.monotonic()
-        self._proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
+        self._proc = self._spawn()
         self._thread = threading.Thread(target=self._pump, name="qemu-console", daemon=True)
         self._thread.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        """Start qemu with its console on a pipe the pump reads."""
+        return subprocess.Popen(
+            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
 
     def _pump(self) -> None:
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -624,12 +628,7 @@ class Watcher:
             rebooted = "reboot: machine restart" in self._text[since:]
             if not (self.restart_on_reset and rebooted) or self._stopping:
                 return False
-            self._proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
+            self._proc = self._spawn()
             self.restarts += 1
             return True
 
