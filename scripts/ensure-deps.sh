@@ -5,8 +5,9 @@ set -euo pipefail
 
 # rabbitmq-server: the private broker; rpm: the tester reads Fedora/EL package databases (and
 # its tests build a tiny rpm); nginx: deploy/nginx/ is tested under it; ovmf: UEFI firmware for
-# the VM tier's hosts that boot from their own disk; the rest: image building and the VM tier.
-DEBIAN_PACKAGES=(rabbitmq-server mmdebstrap squashfs-tools e2fsprogs qemu-system-x86 qemu-utils git python3-pip rpm nginx-light ovmf)
+# the VM tier's hosts that boot from their own disk; uidmap: newuidmap for unshare-mode builds;
+# the rest: image building and the VM tier.
+DEBIAN_PACKAGES=(rabbitmq-server mmdebstrap uidmap squashfs-tools e2fsprogs qemu-system-x86 qemu-utils git python3-pip rpm nginx-light ovmf)
 FEDORA_PACKAGES=(rabbitmq-server mmdebstrap squashfs-tools e2fsprogs qemu-system-x86-core qemu-img git python3-pip rpm-build nginx edk2-ovmf)
 
 sudo_cmd=()
@@ -43,3 +44,6 @@ if ! command -v uv >/dev/null && ! python3 -m uv --version >/dev/null 2>&1; then
   python3 -m pip install -q uv 2>/dev/null \
     || python3 -m pip install -q --break-system-packages uv
 fi
+
+# the account the tests' and the demo's unshare-mode builds run as
+"$(dirname "$0")/ensure-build-user.sh" imgline-build

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -56,3 +58,16 @@ def settings(amqp_url: str) -> Callable[..., BusSettings]:
         return made
 
     return make
+
+
+@pytest.fixture
+def build_tmp() -> Iterator[Path]:
+    """Like ``tmp_path``, but reachable by the build user's namespace (pytest's directories
+    are private to root): work directories of unshare-mode builds go here."""
+    from nodeimage import scratch  # noqa: PLC0415 - tests/ is on the path only under pytest
+
+    path = scratch()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

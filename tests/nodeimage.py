@@ -28,11 +28,25 @@ APT_CACHE = CACHE / "apt" / "bookworm-amd64"
 #: package roots the builder keeps, shared by every test build (keyed by their packages)
 ROOT_CACHE = CACHE / "roots"
 NODE_KS = REPO / "examples" / "node.ks"
+#: the unprivileged account test builds run as (scripts/ensure-build-user.sh makes it)
+BUILD_USER = "imgline-build"
 _INPUTS = (
     NODE_KS,
     *sorted((REPO / "services" / "builder" / "src").rglob("*.py")),
     REPO / "core" / "src" / "imgline" / "core" / "liveimg.py",
+    REPO / "core" / "src" / "imgline" / "core" / "nsimage.py",
+    REPO / "core" / "src" / "imgline" / "core" / "userns.py",
 )
+
+
+def scratch(prefix: str = "build-") -> Path:
+    """A new directory the build user's namespace can reach (pytest's own temporary
+    directories are private to root, so a build's work_dir cannot be under them)."""
+    parent = CACHE / "tmp"
+    parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    path.chmod(0o755)
+    return path
 
 
 def cache_key() -> str:
@@ -49,6 +63,7 @@ def node_image() -> tuple[p.ImageBuilt, LocalArtifactStore]:
     if not record.is_file():
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".node-", dir=entry.parent))
+        tmp.chmod(0o755)  # the build user's namespace passes through to the work directory
         try:
             (tmp / "image.built.json").write_text(_build(tmp).model_dump_json())
             shutil.rmtree(tmp / "work", ignore_errors=True)
@@ -89,6 +104,7 @@ def _build(where: Path) -> p.ImageBuilt:
         work_dir=where / "work",
         cache_dir=APT_CACHE,
         root_cache_dir=ROOT_CACHE,
+        build_user=BUILD_USER,
     )
     req = p.BuildRequested(
         request_id="node-image-fixture",

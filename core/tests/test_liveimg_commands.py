@@ -87,6 +87,7 @@ def test_squashfs_command(compression: str, level: int | None, options: list[str
         "-comp",
         compression,
         *options,
+        "-all-root",
         "-no-progress",
     ]
 

@@ -51,6 +51,7 @@ def test_a_node_appliance_kickstart_builds_with_mmdebstrap(tmp_path: Path) -> No
         cache_dir=APT_CACHE,
         root_cache_dir=ROOT_CACHE,
         git_schemes=("file",),
+        build_mode="root",  # root mode stays available by config: built the whole way here
     )
     store = LocalArtifactStore(config.store_dir)
     req = p.BuildRequested(

@@ -10,11 +10,12 @@ import re
 from pathlib import Path
 
 import pytest
-from nodeimage import APT_CACHE, NODE_KS, ROOT_CACHE, build
+from nodeimage import APT_CACHE, BUILD_USER, NODE_KS, ROOT_CACHE, build
 
 from imgline.builder.settings import BuilderConfig
 from imgline.core import liveimg
 from imgline.core.artifacts import LocalArtifactStore
+from imgline.core.userns import BuildUser
 from imgline.schemas import payloads as p
 from imgline.schemas.messages import ImageBuiltV1
 
@@ -22,16 +23,20 @@ pytestmark = pytest.mark.image
 
 
 def with_marker(text: str, marker: str) -> str:
-    """node.ks with a shell %post that writes ``marker`` (and one line that says it)."""
-    return f"{text}\n%post\necho {marker} > /etc/imgline-marker\n%end\n"
+    """node.ks with a shell %post that writes ``marker``, and the user namespace it ran in."""
+    return (
+        f"{text}\n%post\necho {marker} > /etc/imgline-marker\n"
+        "cat /proc/self/uid_map > /etc/imgline-uid-map\n%end\n"
+    )
 
 
-def test_a_script_only_change_reuses_the_kept_package_root(tmp_path: Path) -> None:
+def test_a_script_only_change_reuses_the_kept_package_root(tmp_path: Path, build_tmp: Path) -> None:
     config = BuilderConfig(
         store_dir=tmp_path / "store",
-        work_dir=tmp_path / "work",
+        work_dir=build_tmp / "work",
         cache_dir=APT_CACHE,
         root_cache_dir=ROOT_CACHE,  # shared with the other test builds of node.ks
+        build_user=BUILD_USER,  # unshare mode, as by default
     )
     store = LocalArtifactStore(config.store_dir)
     node = NODE_KS.read_text(encoding="utf-8")
@@ -59,6 +64,15 @@ def test_a_script_only_change_reuses_the_kept_package_root(tmp_path: Path) -> No
         )
         liveimg.fsck(rootfs)
         assert liveimg.read_file(rootfs, "/etc/imgline-marker").decode() == f"{marker}\n"
+        # %post ran as root of a user namespace whose root is an unprivileged id on the host
+        inner, outer, _ = liveimg.read_file(rootfs, "/etc/imgline-uid-map").decode().split()
+        assert (inner, outer) == ("0", str(BuildUser.lookup(BUILD_USER).subuid))
+        # and the image has its own owners, not the host's subordinate ids
+        passwd = liveimg.stat_path(rootfs, "/usr/bin/passwd")
+        assert (passwd.uid, passwd.gid, passwd.mode) == (0, 0, 0o4755)
+        home = liveimg.stat_path(rootfs, "/home/node")
+        assert (home.uid, home.gid) == (1000, 1000)
+        assert liveimg.stat_path(rootfs, "/").uid == 0
         meta = json.loads(liveimg.read_file(rootfs, "/usr/lib/imgline/image.json"))
         assert meta["version"] == built.version
         # the initramfs was made after the scripts, for this image, and boots it live

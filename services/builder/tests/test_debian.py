@@ -39,7 +39,7 @@ def test_package_root_installs_packages_plus_live_boot_and_syncs_the_cache() -> 
     )
     assert cmd == [
         "mmdebstrap",
-        "--mode=root",
+        "--mode=unshare",
         "--variant=minbase",
         "--format=tar",
         '--aptopt=APT::Install-Recommends "false"',
@@ -65,11 +65,12 @@ def test_customize_run_unpacks_the_package_root_and_downloads_nothing() -> None:
     )
     assert cmd == [
         "mmdebstrap",
-        "--mode=root",
+        "--mode=unshare",
         "--variant=custom",
         "--skip=update",
         "--format=directory",
         "--setup-hook=tar-in '/w/a b/packages.tar' /",
+        '--setup-hook=mkdir -p "$1/dev"',
         "--customize-hook=/w/customize.sh",
         "bookworm",
         "/w/root",
@@ -341,7 +342,7 @@ def test_ignoremissing_leaves_out_what_apt_cannot_find(
         }
     )
     monkeypatch.setattr(mmdebstrap_adapter, "run", fake)
-    backend = MmdebstrapBackend("bookworm", tmp_path / "cache", None, 60)
+    backend = MmdebstrapBackend("bookworm", tmp_path / "cache", None, 60, mode="root")
     log = io.StringIO()
     wanted = plan(packages=("vim", "nosuchpkg", "gone"), ignore_missing=True, packages_where="k:9")
     out = backend.build(wanted, tmp_path / "ks", tmp_path, log)
@@ -361,7 +362,7 @@ def test_a_build_that_changes_only_scripts_reuses_the_package_root(
     monkeypatch.setattr(mmdebstrap_adapter, "run", fake)
     monkeypatch.setattr(MmdebstrapBackend, "tool_version", lambda self: "mmdebstrap 1.3.5")
     roots = RootCache(tmp_path / "roots", max_bytes=1 << 30, max_age_seconds=3600)
-    backend = MmdebstrapBackend("bookworm", tmp_path / "cache", None, 60, roots=roots)
+    backend = MmdebstrapBackend("bookworm", tmp_path / "cache", None, 60, roots=roots, mode="root")
     first = plan(packages=("vim",), post=(Script(body="echo one\n", lineno=5),))
     second = first.model_copy(update={"post": (Script(body="echo two\n", lineno=5),)})
     for n, built in enumerate((first, second, plan(packages=("vim", "curl")))):

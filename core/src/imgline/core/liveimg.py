@@ -21,7 +21,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -91,14 +91,18 @@ class TreeStats(BaseModel):
 # --- preparing the tree ---------------------------------------------------------------------
 
 
-def prepare_tree(root: Path, meta: dict[str, Any], *, copy_etc: bool = True) -> None:
-    """Add what imgline itself needs in every image, right before it is frozen.
+def image_json_text(meta: dict[str, Any]) -> str:
+    """``image.json`` as written into every image."""
+    try:
+        return json.dumps(meta, sort_keys=True, indent=2) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise LiveImgError(f"image metadata cannot be written as JSON: {exc}") from exc
 
-    ``image.json`` lets a booted host say which image it runs; the factory copy of ``/etc`` is
-    the "base" of the updater's three-way /etc merge, so it must be an exact copy (modes,
-    ownership, links, xattrs). Re-running replaces both, so the call is idempotent.
-    ``copy_etc`` False leaves the factory directory empty, for :func:`factory_view` to fill.
-    """
+
+def check_tree(root: Path) -> None:
+    """The tree has what imgline writes into: a real /etc, and no symlink on the way to
+    ``image.json`` or the factory copy (a foreign root's absolute link such as
+    ``usr/lib -> /usr/lib`` would lead writes out of the tree, into the builder host)."""
     if not root.is_dir():
         raise LiveImgError(f"root tree {root} is not a directory")
     etc = root / "etc"
@@ -107,11 +111,21 @@ def prepare_tree(root: Path, meta: dict[str, Any], *, copy_etc: bool = True) -> 
             f"{etc} is missing or not a directory: an image needs /etc "
             "(it is copied to /usr/share/factory/etc for the updater)"
         )
-    try:
-        text = json.dumps(meta, sort_keys=True, indent=2) + "\n"
-    except (TypeError, ValueError) as exc:
-        raise LiveImgError(f"image metadata cannot be written as JSON: {exc}") from exc
+    _inside(root, IMAGE_JSON)
+    _inside(root, FACTORY_ETC)
 
+
+def prepare_tree(root: Path, meta: dict[str, Any], *, copy_etc: bool = True) -> None:
+    """Add what imgline itself needs in every image, right before it is frozen.
+
+    ``image.json`` lets a booted host say which image it runs; the factory copy of ``/etc`` is
+    the "base" of the updater's three-way /etc merge, so it must be an exact copy (modes,
+    ownership, links, xattrs). Re-running replaces both, so the call is idempotent.
+    ``copy_etc`` False leaves the factory directory empty, for :func:`factory_view` to fill.
+    """
+    check_tree(root)
+    etc = root / "etc"
+    text = image_json_text(meta)
     image_json = _inside(root, IMAGE_JSON)
     _make_dirs(root, IMAGE_JSON.parent)
     tmp = image_json.with_name(f".{image_json.name}.tmp")
@@ -484,24 +498,27 @@ def squashfs_command(
         "-comp",
         compression,
         *(["-Xcompression-level", str(chosen)] if chosen is not None else []),
+        "-all-root",  # LiveOS/rootfs.img is root's, whoever the builder runs as
         "-no-progress",
     ]
 
 
-def _root_fixup_requests(root: Path) -> list[str]:
+def root_fixup_requests(root: Path, shift: tuple[int, int] = (0, 0)) -> list[str]:
     """debugfs requests giving the image's / the owner and mode of the tree's root.
 
     mke2fs 1.47 ``-d`` copies every inode's metadata except the root directory's, which it
-    leaves at 0755 root:root (Fedora's / is 0555).
+    leaves at 0755 root:root (Fedora's / is 0555). ``shift`` is the host uid and gid of the
+    image's root when a user namespace owns the tree.
     """
     st = root.stat()
     mode = stat.S_IMODE(st.st_mode)
-    if (mode, st.st_uid, st.st_gid) == (0o755, 0, 0):
+    uid, gid = st.st_uid - shift[0], st.st_gid - shift[1]
+    if (mode, uid, gid) == (0o755, 0, 0):
         return []
     return [
         f"set_inode_field / mode 0{stat.S_IFDIR | mode:o}",
-        f"set_inode_field / uid {st.st_uid}",
-        f"set_inode_field / gid {st.st_gid}",
+        f"set_inode_field / uid {uid}",
+        f"set_inode_field / gid {gid}",
     ]
 
 
@@ -529,7 +546,7 @@ def make_ext4(
                 f"(mke2fs ran out of space or inodes): raise --size\n{exc.tail}"
             ) from exc
         raise
-    fixups = _root_fixup_requests(root)
+    fixups = root_fixup_requests(root)
     if fixups:
         out = _debugfs(image, fixups, log_file, write=True)
         problems = [c.strip() for c in _request_outputs(out) if c.strip()]
@@ -647,7 +664,12 @@ def extract_rootfs(squashfs: Path, dest: Path, log_file: IO[str] | None = None) 
 
 
 def _debugfs(
-    image: Path, requests: Sequence[str], log_file: IO[str] | None, *, write: bool = False
+    image: Path,
+    requests: Sequence[str],
+    log_file: IO[str] | None,
+    *,
+    write: bool = False,
+    wrap: Callable[[list[str]], list[str]] | None = None,
 ) -> str:
     """Run debugfs requests in one process and return its output.
 
@@ -657,7 +679,7 @@ def _debugfs(
     require("debugfs", "install e2fsprogs")
     argv = ["debugfs", *(["-w"] if write else []), "-f", "-", str(image)]
     return run(
-        argv,
+        wrap(argv) if wrap else argv,
         log_file,
         env={**os.environ, **_DEBUGFS_ENV},
         input_text="".join(f"{r}\n" for r in requests),

@@ -25,7 +25,13 @@ def make_backends(config: BuilderConfig) -> dict[str, Backend]:
     timeout = float(config.build_timeout_seconds)
     return {
         "mmdebstrap": MmdebstrapBackend(
-            config.suite, config.cache_dir, config.mirror, timeout, roots=root_cache(config)
+            config.suite,
+            config.cache_dir,
+            config.mirror,
+            timeout,
+            roots=root_cache(config),
+            mode=config.build_mode,
+            user=config.build_user,
         ),
         "livemedia-creator": LoraxBackend(timeout, config.releasever),
     }

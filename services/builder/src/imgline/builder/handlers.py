@@ -12,7 +12,8 @@ import io
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +29,7 @@ from imgline.builder.errors import BackendUnavailableError, KickstartError
 from imgline.builder.kickstart import parse_kickstart
 from imgline.builder.ports import Backend, BuildOutput
 from imgline.builder.settings import BuilderConfig
-from imgline.core import liveimg
+from imgline.core import liveimg, nsimage
 from imgline.core.artifacts import LocalArtifactStore
 from imgline.core.bus.stage import LOCKS, StageHandler, exclusive
 from imgline.core.errors import (
@@ -259,43 +260,44 @@ class BuildStage:
         flat = workdir / "kickstart.flat.ks"
         flat.write_text(parsed.flat_text, encoding="utf-8")
         output = backend.build(parsed.plan, flat, workdir, build_log)
-        progress.stage = "assemble"
-        # The version is decided, the image made with it and stored, and only then claimed,
-        # all under one lock per image name: a failure or crash on the way claims nothing
-        # (no gap), and builders sharing the store take turns (never the same version).
-        with exclusive(
-            self.store.root / LOCKS,
-            f"versions.{req.name}",
-            wait_seconds=float(self.config.build_timeout_seconds),
-        ):
-            version = self._next_version(req)
-            meta = self._image_meta(req, version, parsed.plan, output, src.commit)
-            out = workdir / f"{release_name(req.name, version)}.squashfs.img"
-            self._assemble(
-                output, out, parsed.plan, meta=meta, workdir=workdir, build_log=build_log
+        with _released(output, build_log, keep=self.config.keep_workdir):
+            progress.stage = "assemble"
+            # The version is decided, the image made with it and stored, and only then claimed,
+            # all under one lock per image name: a failure or crash on the way claims nothing
+            # (no gap), and builders sharing the store take turns (never the same version).
+            with exclusive(
+                self.store.root / LOCKS,
+                f"versions.{req.name}",
+                wait_seconds=float(self.config.build_timeout_seconds),
+            ):
+                version = self._next_version(req)
+                meta = self._image_meta(req, version, parsed.plan, output, src.commit)
+                out = workdir / f"{release_name(req.name, version)}.squashfs.img"
+                self._assemble(
+                    output, out, parsed.plan, meta=meta, workdir=workdir, build_log=build_log
+                )
+                progress.stage = "store"
+                stored = self.store.put_file(out, move=True)
+                self._claim_version(req, version)
+            build_log.write(f"# stored {stored.uri} sha256 {stored.sha256} ({stored.size} bytes)\n")
+            built = p.ImageBuilt(
+                build_id=req.build_id,
+                request_id=req.request_id,
+                name=req.name,
+                version=version,
+                stream=req.stream,
+                artifact=p.Artifact(
+                    uri=stored.uri,
+                    sha256=stored.sha256,
+                    size=stored.size,
+                    compression=self.config.compression,
+                ),
+                source_commit=src.commit,
+                kickstart_sha256=parsed.sha256,
+                backend=req.backend,
+                duration_seconds=round(time.monotonic() - started, 3),
             )
-            progress.stage = "store"
-            stored = self.store.put_file(out, move=True)
-            self._claim_version(req, version)
-        build_log.write(f"# stored {stored.uri} sha256 {stored.sha256} ({stored.size} bytes)\n")
-        built = p.ImageBuilt(
-            build_id=req.build_id,
-            request_id=req.request_id,
-            name=req.name,
-            version=version,
-            stream=req.stream,
-            artifact=p.Artifact(
-                uri=stored.uri,
-                sha256=stored.sha256,
-                size=stored.size,
-                compression=self.config.compression,
-            ),
-            source_commit=src.commit,
-            kickstart_sha256=parsed.sha256,
-            backend=req.backend,
-            duration_seconds=round(time.monotonic() - started, 3),
-        )
-        return built
+            return built
 
     def _assemble(
         self,
@@ -307,7 +309,20 @@ class BuildStage:
         workdir: Path,
         build_log: IO[str],
     ) -> None:
-        if output.tree is not None:
+        if output.tree is not None and output.owner is not None:
+            _describe_boot(output.tree, meta)
+            nsimage.assemble(
+                output.tree,
+                out,
+                user=output.owner,
+                size_mib=plan.rootfs.size_mib,
+                headroom_mib=self.config.rootfs_headroom_mib,
+                meta=meta,
+                compression=self.config.compression,
+                compression_level=self.config.compression_level,
+                log_file=build_log,
+            )
+        elif output.tree is not None:
             _describe_boot(output.tree, meta)
             liveimg.assemble(
                 output.tree,
@@ -408,6 +423,17 @@ def refuse_host_scripts(plan: BuildPlan) -> None:
         line=first.lineno,
         path=first.where.rpartition(":")[0] or None,
     )
+
+
+@contextmanager
+def _released(output: BuildOutput, build_log: IO[str], *, keep: bool) -> Iterator[None]:
+    """Empty the tree's directory from the namespace that owns it once assembly is over (the
+    builder itself may not be allowed to remove what the build user's namespace made)."""
+    try:
+        yield
+    finally:
+        if output.owner is not None and output.tree is not None and not keep:
+            output.owner.empty(output.tree.parent, build_log)
 
 
 def _describe_boot(tree: Path, meta: dict[str, Any]) -> None:

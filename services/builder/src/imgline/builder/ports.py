@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from imgline.builder.domain.plan import BuildPlan
+from imgline.core.userns import BuildUser
 
 
 @dataclass(frozen=True)
@@ -15,6 +16,9 @@ class BuildOutput:
 
     tree: Path | None = None
     fsimage: Path | None = None
+    #: the build user whose namespace owns ``tree`` (unshare mode): every later step that
+    #: reads its owners or changes it runs in that namespace, and it removes the tree
+    owner: BuildUser | None = None
 
 
 class Backend(Protocol):

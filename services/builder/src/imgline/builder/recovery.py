@@ -15,13 +15,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imgline.builder.adapters.mmdebstrap import AREA
 from imgline.builder.adapters.rootcache import root_cache
 from imgline.builder.settings import BuilderConfig
 from imgline.core import runner
 from imgline.core.artifacts import LocalArtifactStore
 from imgline.core.bus.stage import LOCKS, exclusive
-from imgline.core.errors import TransientError
+from imgline.core.errors import ImglineError, TransientError
 from imgline.core.fsutil import remove_tree
+from imgline.core.userns import BuildUser
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,18 @@ class Recovered:
     partial_roots: int = 0
 
 
+def _empty_area(config: BuilderConfig, workdir: Path) -> None:
+    """What an unshare-mode build left belongs to the build user's namespace: emptied from
+    there (the builder may not remove it itself)."""
+    area = workdir / AREA
+    if config.build_mode != "unshare" or not area.is_dir():
+        return
+    try:
+        BuildUser.lookup(config.build_user).empty(area)
+    except (ImglineError, OSError) as exc:  # the removal below says what is left
+        log.warning("could not empty %s as the build user: %s", area, exc)
+
+
 def recover(config: BuilderConfig, store: LocalArtifactStore) -> Recovered:
     """Kill leftover commands, remove unlocked work directories and stale store temp files,
     then record this builder's commands for the next start."""
@@ -51,6 +65,7 @@ def recover(config: BuilderConfig, store: LocalArtifactStore) -> Recovered:
                 continue
             try:
                 with exclusive(store.root / LOCKS, entry.name):
+                    _empty_area(config, entry)
                     remove_tree(entry)  # unmounts what a killed chroot left mounted first
             except TransientError:
                 continue  # another builder is on that build right now

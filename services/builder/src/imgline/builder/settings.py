@@ -71,6 +71,19 @@ class BuilderConfig(BaseModel):
         pattern=r"^[A-Za-z0-9_-]{1,32}$",
         description="$basearch in the kickstart's url/repo lines",
     )
+    build_mode: Literal["unshare", "root"] = Field(
+        default="unshare",
+        description="unshare: mmdebstrap builds in a user namespace, so kickstart scripts run as "
+        "root there, never as the host's root; root: as the host's root (trusted kickstarts "
+        "only)",
+    )
+    build_user: str | None = Field(
+        default=None,
+        pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
+        description="the unprivileged account unshare-mode builds run as when the builder runs "
+        "as root (it needs 65536 ids in /etc/subuid and /etc/subgid); unset: the builder's own "
+        "user",
+    )
     allow_host_scripts: bool = Field(
         default=False,
         description="run %pre and %post --nochroot scripts: they run on the build host, not "

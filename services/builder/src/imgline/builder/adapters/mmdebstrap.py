@@ -14,6 +14,7 @@ from typing import IO
 
 from imgline.builder.adapters.rootcache import RootCache
 from imgline.builder.domain import debian
+from imgline.builder.domain.debian import BuildMode
 from imgline.builder.domain.plan import BuildPlan
 from imgline.builder.errors import (
     BackendError,
@@ -21,7 +22,12 @@ from imgline.builder.errors import (
     BackendUnavailableError,
 )
 from imgline.builder.ports import BuildOutput
+from imgline.core.errors import ConfigError
 from imgline.core.runner import CommandError, run
+from imgline.core.userns import BuildUser
+
+#: The part of a work directory an unshare-mode build hands to the build user.
+AREA = "ns"
 
 _POST_FAILED = re.compile(re.escape(debian.POST_FAILED) + r" (\d+) failed with status (\d+)$", re.M)
 _MISSING_PKG = re.compile(
@@ -47,6 +53,18 @@ def _extra(plan: BuildPlan) -> tuple[str, ...]:
     return tuple(r.baseurl for r in plan.repos if r.baseurl)
 
 
+def _own(directory: Path, user: BuildUser) -> None:
+    """``directory`` (made when missing) and what is in it belong to the build user, who
+    writes the .deb cache and package roots there; a root-mode builder left them root's."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == user.uid or directory.stat().st_uid == user.uid:
+        return
+    for parent, dirs, files in os.walk(directory):
+        for name in (*dirs, *files):
+            os.chown(Path(parent) / name, user.uid, user.gid, follow_symlinks=False)
+    os.chown(directory, user.uid, user.gid)
+
+
 def _line(where: str) -> int | None:
     """The line of a ``file:line`` position, for ``build.failed``."""
     tail = where.rpartition(":")[2]
@@ -55,7 +73,10 @@ def _line(where: str) -> int | None:
 
 class MmdebstrapBackend:
     """Runs mmdebstrap twice: the package root (kept in ``roots`` when given), then the
-    kickstart's configuration and scripts on it. Root mode: needs root (or fails saying so)."""
+    kickstart's configuration and scripts on it.
+
+    Unshare mode (the default) runs both as ``user`` (None: the builder's own user) in its user
+    namespace, in a part of the work directory handed to that user; root mode needs root."""
 
     name = "mmdebstrap"
 
@@ -66,7 +87,13 @@ class MmdebstrapBackend:
         mirror: str | None,
         timeout: float,
         roots: RootCache | None = None,
+        *,
+        mode: BuildMode = "unshare",
+        user: str | None = None,
     ) -> None:
+        self.mode: BuildMode = mode
+        self.user_name = user
+        self._user: BuildUser | None = None
         self.suite = suite
         self.cache_dir = cache_dir
         self.mirror = mirror
@@ -79,10 +106,41 @@ class MmdebstrapBackend:
             raise BackendUnavailableError(
                 "the mmdebstrap backend needs mmdebstrap: apt-get install mmdebstrap"
             )
-        if os.geteuid() != 0:
+        if self.mode == "root":
+            if os.geteuid() != 0:
+                raise BackendUnavailableError(
+                    'the mmdebstrap backend has build_mode = "root": run the builder as root, '
+                    'or use build_mode = "unshare"'
+                )
+            return
+        self.build_user()
+
+    def build_user(self) -> BuildUser:
+        """The unshare-mode build user, checked once: it exists, has subordinate ids and can
+        make a user namespace on this host."""
+        if self._user is not None:
+            return self._user
+        if shutil.which("newuidmap") is None:
             raise BackendUnavailableError(
-                "the mmdebstrap backend builds in root mode: run the builder as root"
+                "unshare-mode builds need newuidmap: apt-get install uidmap (Debian) or "
+                "shadow-utils (Fedora)"
             )
+        try:
+            user = BuildUser.lookup(self.user_name)
+        except ConfigError as exc:
+            raise BackendUnavailableError(str(exc)) from exc
+        try:
+            run(user.inside(["true"]), timeout=60)
+        except CommandError as exc:
+            raise BackendUnavailableError(
+                f"build user {user.name!r} cannot make a user namespace on this host "
+                "(kernel.unprivileged_userns_clone or user.max_user_namespaces may forbid it, "
+                f'or a container does): {exc.tail.strip()[-500:]}; or set build_mode = "root"'
+            ) from exc
+        for cache in (self.cache_dir, *([self.roots.directory] if self.roots else [])):
+            _own(cache, user)
+        self._user = user
+        return user
 
     def build(self, plan: BuildPlan, kickstart: Path, workdir: Path, log: IO[str]) -> BuildOutput:
         _, problems = debian.package_list(plan)
@@ -125,11 +183,39 @@ class MmdebstrapBackend:
             log.write(
                 f"# note: selinux {plan.selinux} recorded in image.json (no SELinux on Debian)\n"
             )
-        package_root = self._package_root(plan, workdir, log)
-        target = workdir / "root"
-        hook = workdir / "customize.sh"
-        hook.write_text(debian.customize_script(plan), encoding="utf-8")
-        hook.chmod(0o700)
+        area = self._area(workdir)
+        try:
+            return self._build(plan, area, log)
+        except BaseException:
+            if self._user is not None:
+                self._user.empty(
+                    area, log
+                )  # a failed build leaves nothing the builder can't remove
+            raise
+
+    def _area(self, workdir: Path) -> Path:
+        """Where the build's files go: the work directory itself in root mode; in unshare mode
+        a directory in it handed to the build user, which only it and its namespace enter."""
+        if self.mode == "root":
+            return workdir
+        user = self.build_user()
+        user.let_in(workdir)
+        area = workdir / AREA
+        area.mkdir(mode=0o700)
+        user.hand_over(area, namespace_bits=7)
+        try:
+            run(user.inside(["test", "-w", str(area), "-a", "-x", str(area)]), timeout=60)
+        except CommandError as exc:
+            raise BackendUnavailableError(
+                f"the build user's namespace cannot reach {area}: every directory above the "
+                "builder's work_dir must be searchable by others (chmod o+x)"
+            ) from exc
+        return area
+
+    def _build(self, plan: BuildPlan, area: Path, log: IO[str]) -> BuildOutput:
+        package_root = self._package_root(plan, area, log)
+        target = area / "root"
+        hook = self._script(area / "customize.sh", debian.customize_script(plan))
         cmd = debian.customize_command(
             suite=self.suite,
             package_root=package_root,
@@ -137,24 +223,41 @@ class MmdebstrapBackend:
             hook=hook,
             mirror=self._mirror(plan),
             extra=_extra(plan),
+            mode=self.mode,
         )
         try:
-            run(cmd, log, timeout=self.timeout, env=self._env(workdir))
+            self._run(cmd, log, area)
         except CommandError as exc:
             raise self._classify(exc) from exc
         finally:
             hook.unlink(missing_ok=True)  # it may hold password hashes
             package_root.unlink(missing_ok=True)
-        return BuildOutput(tree=target)
+        return BuildOutput(tree=target, owner=self._user)
+
+    def _script(self, path: Path, text: str) -> Path:
+        """A hook script only its runner reads (it may hold password hashes)."""
+        path.write_text(text, encoding="utf-8")
+        path.chmod(0o700)
+        if self._user is not None:  # mmdebstrap runs hooks as the namespace's root
+            self._user.hand_over(path, namespace_bits=5)
+        return path
+
+    def _run(self, cmd: list[str], log: IO[str], area: Path) -> None:
+        if self._user is not None:
+            cmd = self._user.command(cmd)
+        run(cmd, log, timeout=self.timeout, env=self._env(area))
 
     def _mirror(self, plan: BuildPlan) -> str | None:
         return plan.mirror.baseurl if plan.mirror else self.mirror
 
-    def _env(self, workdir: Path) -> dict[str, str]:
+    def _env(self, area: Path) -> dict[str, str]:
         """mmdebstrap's temporary chroot goes into the work directory, which the next start
         unmounts and removes if the builder is killed (not into the host's /tmp)."""
-        tmp = workdir / "tmp"
-        tmp.mkdir(exist_ok=True)
+        tmp = area / "tmp"
+        if not tmp.is_dir():
+            tmp.mkdir()
+            if self._user is not None:
+                self._user.hand_over(tmp, namespace_bits=7)
         return {**os.environ, "TMPDIR": str(tmp)}
 
     def tool_version(self) -> str:
@@ -175,7 +278,7 @@ class MmdebstrapBackend:
             mirror=self._mirror(plan),
             extra=_extra(plan),
             tool=self.tool_version(),
-            mode="root",
+            mode=self.mode,
         )
         with self.roots.locked(key):
             hit = self.roots.take(key, dest)
@@ -193,10 +296,7 @@ class MmdebstrapBackend:
         hook: Path | None = None
         script = debian.exclusion_script(plan)  # the same for every try: exclusions stay
         if script is not None:
-            hook = workdir / "exclude.sh"
-            hook.write_text(script, encoding="utf-8")
-            hook.chmod(0o700)
-        env = self._env(workdir)
+            hook = self._script(workdir / "exclude.sh", script)
         while True:
             cmd = debian.package_root_command(
                 plan,
@@ -206,9 +306,10 @@ class MmdebstrapBackend:
                 hook=hook,
                 mirror=self._mirror(plan),
                 extra=_extra(plan),
+                mode=self.mode,
             )
             try:
-                run(cmd, log, timeout=self.timeout, env=env)
+                self._run(cmd, log, workdir)
                 return
             except CommandError as exc:
                 output.unlink(missing_ok=True)

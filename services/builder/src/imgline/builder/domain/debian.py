@@ -14,8 +14,13 @@ import json
 import re
 import shlex
 from pathlib import Path
+from typing import Literal
 
 from imgline.builder.domain.plan import BuildPlan, Script, User
+
+#: How mmdebstrap builds: in a user namespace of an unprivileged build user (scripts run as root
+#: there only), or as the host's root.
+BuildMode = Literal["unshare", "root"]
 
 #: mmdebstrap's own default, named when a kickstart adds repositories to it.
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -137,6 +142,7 @@ def package_root_command(
     hook: Path | None = None,
     mirror: str | None = None,
     extra: tuple[str, ...] = (),
+    mode: BuildMode = "unshare",
 ) -> list[str]:
     """The first mmdebstrap run: the plan's packages (and nothing of its configuration) into
     the tarball ``output``, with the .deb cache synced in before download and out after install
@@ -146,7 +152,7 @@ def package_root_command(
     dpkg, _ = dpkg_options(plan)
     return [
         "mmdebstrap",
-        "--mode=root",
+        f"--mode={mode}",
         f"--variant={variant(plan)}",
         *dpkg,
         "--format=tar",
@@ -172,6 +178,7 @@ def customize_command(
     hook: Path,
     mirror: str | None = None,
     extra: tuple[str, ...] = (),
+    mode: BuildMode = "unshare",
 ) -> list[str]:
     """The second mmdebstrap run: unpack a package root (fresh or cached) and run the
     customize script on it with /proc, /sys and /dev mounted, into the directory ``target``.
@@ -179,11 +186,14 @@ def customize_command(
     refine a chroot tarball); the mirrors only shape the sources.list the tarball replaces."""
     return [
         "mmdebstrap",
-        "--mode=root",
+        f"--mode={mode}",
         "--variant=custom",
         "--skip=update",
         "--format=directory",
         f"--setup-hook=tar-in {shlex.quote(str(package_root))} /",
+        # the package root has no /dev (--skip=output/dev); unshare mode, which cannot mknod,
+        # bind-mounts the host's device nodes onto files in it
+        '--setup-hook=mkdir -p "$1/dev"',
         f"--customize-hook={hook}",
         suite,
         str(target),
