@@ -55,14 +55,17 @@ def _extra(plan: BuildPlan) -> tuple[str, ...]:
 
 def _own(directory: Path, user: BuildUser) -> None:
     """``directory`` (made when missing) and what is in it belong to the build user, who
-    writes the .deb cache and package roots there; a root-mode builder left them root's."""
+    writes the .deb cache and package roots there; a root-mode build leaves root's files."""
     directory.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == user.uid or directory.stat().st_uid == user.uid:
-        return
+    if os.geteuid() == user.uid:
+        return  # the builder is the build user: what it made is its own
     for parent, dirs, files in os.walk(directory):
         for name in (*dirs, *files):
-            os.chown(Path(parent) / name, user.uid, user.gid, follow_symlinks=False)
-    os.chown(directory, user.uid, user.gid)
+            path = Path(parent) / name
+            if path.lstat().st_uid != user.uid:
+                os.chown(path, user.uid, user.gid, follow_symlinks=False)
+    if directory.stat().st_uid != user.uid:
+        os.chown(directory, user.uid, user.gid)
 
 
 def _line(where: str) -> int | None:
