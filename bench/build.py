@@ -1,6 +1,7 @@
 """Rebuild speed: a cold build of examples/node.ks against a rebuild with one %post line changed.
 
-Both go through the real builder (its handler and the mmdebstrap backend, as root) in this
+Both go through the real builder (its handler and the mmdebstrap backend, run from root; by
+default in unshare mode as the build user imgline-build, ``--mode root`` as root) in this
 process, with the same .deb cache under ``<repo>/.cache/apt`` so neither side measures the
 network: "cold" is a builder without kept package roots, "warm" is the next push of the same
 kickstart with one ``%post`` line changed, which reuses the package root the cold build kept.
@@ -73,19 +74,24 @@ def build_once(config: BuilderConfig, kickstart: str, n: int) -> tuple[float, st
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--mode", choices=("unshare", "root"), default="unshare")
     args = ap.parse_args()
     if os.geteuid() != 0:
-        raise SystemExit("the mmdebstrap backend builds in root mode: run this as root")
+        raise SystemExit("run this as root: it builds as root or switches to imgline-build")
     text = NODE_KS.read_text(encoding="utf-8")
     CACHE.mkdir(exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="bench-build-", dir=CACHE)
     where = Path(tmp)
+    where.chmod(0o755)  # the build user's namespace passes through to the work directory
     config = BuilderConfig(
         store_dir=where / "store",
         work_dir=where / "work",
         cache_dir=CACHE / "apt" / "bookworm-amd64",
         root_cache_dir=where / "roots",  # empty: the first build is cold
+        build_mode=args.mode,
+        build_user="imgline-build" if args.mode == "unshare" else None,
     )
+    print(f"mode {args.mode}", flush=True)
     try:
         cold, cold_log = build_once(config, changed_post(text, 1), 1)
         print(f"cold build (no kept package root)     {cold:7.1f} s", flush=True)

@@ -15,8 +15,9 @@ push would leave it):
    (GRUB, LVM thin layers); booted, its agent finds the new release in the signed repository,
    applies it as a new layer, reboots into it, passes its health check and reports
    host.upgraded on the bus
-Needs root (mmdebstrap builds in root mode). First run: several minutes (packages download into
-.cache/apt/, reused afterwards; the guests run under TCG).
+Needs root: the builder runs its builds as the unprivileged user imgline-build (made by
+``make deps``), in that user's namespace, and switches to it from root. First run: several
+minutes (packages download into .cache/apt/, reused afterwards; the guests run under TCG).
 """
 
 from __future__ import annotations
@@ -297,7 +298,10 @@ def start_services(
 
 def run() -> int:
     if os.geteuid() != 0:
-        log.error("the demo builds an image with mmdebstrap in root mode: run it as root")
+        log.error(
+            "run the demo as root: its builder switches to the unprivileged build user "
+            "imgline-build for each build (scripts/ensure-build-user.sh makes it)"
+        )
         return 2
     with (
         broker_access() as broker,
@@ -314,6 +318,7 @@ def run() -> int:
                 "work_dir": str(CACHE / "demo" / "work"),
                 "cache_dir": str(CACHE / "apt" / "bookworm-amd64"),
                 "root_cache_dir": str(CACHE / "roots"),
+                "build_user": "imgline-build",  # unshare mode: scripts run as root of its namespace
                 "git_schemes": ["file"],  # the demo's vendor repository is on this machine
             },
         )
