@@ -7,6 +7,10 @@ through a bind mount of /etc: the ext4 holds it twice), the size check,
 the root-inode fix-up, the logged runner, and cleanup. Runs alternate raw / imgline so drift in
 the page cache or the machine hits both alike.
 
+``--namespace`` measures the path unshare-mode builds take: the tree is owned by the build
+user's namespace (imgline-build), the raw side runs mke2fs in that namespace too (it must, for
+the image's owners), and the imgline side is ``nsimage.assemble``.
+
 The tree is generated deterministically (seeded) and cached under ``<repo>/.cache/`` keyed by
 the generator's parameters, so reruns skip generation. Target: median ratio <= 1.10.
 """
@@ -28,8 +32,9 @@ from pathlib import Path
 from typing import IO, Any
 from unittest import mock
 
-from imgline.core import liveimg
-from imgline.core.runner import require
+from imgline.core import liveimg, nsimage
+from imgline.core.runner import require, run
+from imgline.core.userns import BuildUser
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache"
@@ -181,14 +186,27 @@ def absolute(argv: list[str]) -> list[str]:
     return [require(argv[0], "install e2fsprogs and squashfs-tools"), *argv[1:]]
 
 
-def raw_once(root: Path, work: Path, out: Path, *, size_mib: int, comp: str, log: IO[str]) -> float:
-    """What a hand-written script would do: truncate, mke2fs -d, link, mksquashfs, clean."""
+def raw_once(
+    root: Path,
+    work: Path,
+    out: Path,
+    *,
+    size_mib: int,
+    comp: str,
+    log: IO[str],
+    user: BuildUser | None = None,
+) -> float:
+    """What a hand-written script would do: truncate, mke2fs -d, link, mksquashfs, clean
+    (mke2fs in ``user``'s namespace, which owns the tree, when given)."""
     started = time.perf_counter()
     image = work / "rootfs.img"
-    with image.open("wb") as f:
-        f.truncate(size_mib * MIB)
+    if user is None:
+        with image.open("wb") as f:
+            f.truncate(size_mib * MIB)
     ext4 = absolute(liveimg.ext4_command(root, image, size_mib=size_mib))
-    subprocess.run(ext4, check=True, stdout=log, stderr=subprocess.STDOUT)
+    subprocess.run(
+        user.inside(ext4) if user else ext4, check=True, stdout=log, stderr=subprocess.STDOUT
+    )
     stage = work / "stage"
     (stage / "LiveOS").mkdir(parents=True)
     os.link(image, stage / "LiveOS" / "rootfs.img")
@@ -197,6 +215,33 @@ def raw_once(root: Path, work: Path, out: Path, *, size_mib: int, comp: str, log
     shutil.rmtree(stage)
     image.unlink()
     return time.perf_counter() - started
+
+
+def namespace_copy(root: Path, work: Path, user: BuildUser) -> Path:
+    """The tree copied by the namespace's root, so that namespace owns it (as after mmdebstrap
+    --mode=unshare); ``work`` becomes the build user's."""
+    user.let_in(work.parent)
+    work.mkdir(mode=0o700)
+    user.hand_over(work, namespace_bits=7)
+    run(user.inside(["cp", "-a", "--", str(root), str(work / "root")]))
+    return work / "root"
+
+
+def namespace_once(
+    root: Path, out: Path, *, size_mib: int, comp: str, log: IO[str], user: BuildUser
+) -> tuple[float, float]:
+    """Seconds for ``nsimage.assemble`` (nothing of it is timed apart: 0 for prepare)."""
+    started = time.perf_counter()
+    nsimage.assemble(
+        root, out, user=user, size_mib=size_mib, meta=META, compression=comp, log_file=log
+    )
+    took = time.perf_counter() - started
+    run(
+        user.inside(
+            ["rm", "-rf", "--", str(root / "usr/share/factory"), str(root / "usr/lib/imgline")]
+        )
+    )
+    return took, 0.0
 
 
 def imgline_once(
@@ -219,11 +264,69 @@ def imgline_once(
     return time.perf_counter() - started, spent[0]
 
 
+def alternate(
+    root: Path,
+    work: Path,
+    *,
+    runs: int,
+    size_mib: int,
+    comp: str,
+    log: IO[str],
+    user: BuildUser | None,
+) -> tuple[list[float], list[float], list[float], dict[str, int]]:
+    """Seconds of each raw run and each imgline run (and its prepare_tree), alternating, and
+    the sizes of the last images."""
+    raw: list[float] = []
+    ours: list[float] = []
+    prep: list[float] = []
+    sizes: dict[str, int] = {}
+    for i in range(runs):
+        out = work / "raw.squashfs.img"
+        os.sync()  # start each run without the previous run's writeback in flight
+        raw_work = work / "ns" if user else work
+        raw.append(
+            raw_once(
+                root,
+                raw_work,
+                out,
+                size_mib=size_mib,
+                comp=comp,
+                log=log,
+                user=user,
+            )
+        )
+        sizes["raw"] = out.stat().st_size
+        out.unlink()
+        out = work / "imgline.squashfs.img"
+        os.sync()
+        if user is not None:
+            total, prepare = namespace_once(
+                root, out, size_mib=size_mib, comp=comp, log=log, user=user
+            )
+        else:
+            total, prepare = imgline_once(root, work, out, size_mib=size_mib, comp=comp, log=log)
+        ours.append(total)
+        prep.append(prepare)
+        sizes["imgline"] = out.stat().st_size
+        out.unlink()
+        reset(root)
+        print(
+            f"  run {i + 1}: raw {raw[-1]:6.2f}s   imgline {ours[-1]:6.2f}s"
+            f" (prepare_tree {prep[-1]:.2f}s)",
+            flush=True,
+        )
+    return raw, ours, prep, sizes
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=3, help="runs per side (alternating)")
     ap.add_argument("--compression", default="zstd", choices=liveimg.COMPRESSIONS)
+    ap.add_argument(
+        "--namespace", action="store_true", help="the unshare-mode path, as imgline-build"
+    )
     args = ap.parse_args()
+    user = BuildUser.lookup("imgline-build") if args.namespace else None
 
     root = tree()
     reset(root)
@@ -242,47 +345,37 @@ def main() -> int:
     )
     warm(root)
 
-    raw: list[float] = []
-    ours: list[float] = []
-    prep: list[float] = []
-    sizes: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="bench-assemble-", dir=CACHE) as tmp:
         work = Path(tmp)
         log = (work / "bench.log").open("w")
+        source = root
+        if user is not None:
+            print(f"  in {user.name}'s namespace (copying the tree there)", flush=True)
+            root = namespace_copy(source, work / "ns", user)
+            warm(root)
         try:
-            for i in range(args.runs):
-                out = work / "raw.squashfs.img"
-                os.sync()  # start each run without the previous run's writeback in flight
-                raw.append(
-                    raw_once(root, work, out, size_mib=size_mib, comp=args.compression, log=log)
-                )
-                sizes["raw"] = out.stat().st_size
-                out.unlink()
-                out = work / "imgline.squashfs.img"
-                os.sync()
-                total, prepare = imgline_once(
-                    root, work, out, size_mib=size_mib, comp=args.compression, log=log
-                )
-                ours.append(total)
-                prep.append(prepare)
-                sizes["imgline"] = out.stat().st_size
-                out.unlink()
-                reset(root)
-                print(
-                    f"  run {i + 1}: raw {raw[-1]:6.2f}s   imgline {ours[-1]:6.2f}s"
-                    f" (prepare_tree {prep[-1]:.2f}s)",
-                    flush=True,
-                )
+            raw, ours, prep, sizes = alternate(
+                root,
+                work,
+                runs=args.runs,
+                size_mib=size_mib,
+                comp=args.compression,
+                log=log,
+                user=user,
+            )
         finally:
             log.close()
-            reset(root)
+            reset(source)
+            if user is not None:
+                user.empty(work / "ns")
 
     raw_median = statistics.median(raw)
     our_median = statistics.median(ours)
     ratio = our_median / raw_median
     print(f"median of {args.runs}, {args.compression}:")
     print(f"  raw mke2fs + mksquashfs   {raw_median:7.2f} s   -> {sizes['raw'] / MIB:6.1f} MiB")
-    print(f"  liveimg.assemble          {our_median:7.2f} s   -> {sizes['imgline'] / MIB:6.1f} MiB")
+    ours_name = "nsimage.assemble" if user else "liveimg.assemble"
+    print(f"  {ours_name:<25} {our_median:7.2f} s   -> {sizes['imgline'] / MIB:6.1f} MiB")
     prep_median = statistics.median(prep)
     print(f"    of which prepare_tree   {prep_median:7.2f} s (median of the same runs)")
     verdict = "OK" if ratio <= TARGET_RATIO else "MISSED"

@@ -5,7 +5,8 @@ A build user is an unprivileged account with a range of subordinate ids (``/etc/
 a root tree made that way is owned on the host by that range (image uid N is host uid
 ``subuid + N``), and every later step that must see the image's own owners (writing
 ``image.json``, the factory copy of /etc, mke2fs) runs inside such a namespace too
-(``mmdebstrap --unshare-helper``). The builder's own Python never writes into the tree, so the
+(util-linux ``unshare --map-users=auto``, the same map, a hundredth of the start-up time of
+``mmdebstrap --unshare-helper``). The builder's own Python never writes into the tree, so the
 same steps work whether the builder runs as root (it switches to the build user with
 ``setpriv``) or as the build user itself. See docs/security.md, "The builder".
 """
@@ -143,9 +144,24 @@ class BuildUser:
         ]
 
     def inside(self, argv: Sequence[str | Path]) -> list[str]:
-        """``argv`` run as root of the build user's namespace (with its own mount namespace),
-        where the tree's files have the image's own owners."""
-        return self.command(["mmdebstrap", "--unshare-helper", *argv])
+        """``argv`` run as root of the build user's namespace, the map mmdebstrap's unshare mode
+        makes (0 is the first subordinate id, 65536 ids), with its own mount and PID
+        namespaces: a mount made there and any process left there end with the command."""
+        return self.command(
+            [
+                "unshare",
+                "--map-users=auto",
+                "--map-groups=auto",
+                "--setuid=0",
+                "--setgid=0",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--",
+                *argv,
+            ]
+        )
 
     def image_ids(self, uid: int, gid: int) -> tuple[int, int]:
         """The image's owner of a file the namespace owns on the host as ``uid:gid``."""

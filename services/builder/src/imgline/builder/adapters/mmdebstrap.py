@@ -138,7 +138,8 @@ class MmdebstrapBackend:
             raise BackendUnavailableError(
                 f"build user {user.name!r} cannot make a user namespace on this host "
                 "(kernel.unprivileged_userns_clone or user.max_user_namespaces may forbid it, "
-                f'or a container does): {exc.tail.strip()[-500:]}; or set build_mode = "root"'
+                "or a container does; unshare --map-users=auto needs util-linux 2.38): "
+                f'{exc.tail.strip()[-500:]}; or set build_mode = "root"'
             ) from exc
         for cache in (self.cache_dir, *([self.roots.directory] if self.roots else [])):
             _own(cache, user)
