@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from nodeimage import BUILD_USER
+from nodeimage import APT_CACHE, BUILD_USER, NODE_KS, ROOT_CACHE, build
 
 from imgline.builder.adapters.mmdebstrap import AREA, MmdebstrapBackend
 from imgline.builder.errors import BackendUnavailableError
@@ -26,6 +26,8 @@ from imgline.core.artifacts import LocalArtifactStore
 from imgline.core.liveimg import LiveImgError
 from imgline.core.runner import run
 from imgline.core.userns import BuildUser
+from imgline.schemas import payloads as p
+from imgline.schemas.messages import BuildFailedV1
 
 pytestmark = pytest.mark.image
 
@@ -162,3 +164,25 @@ def test_recovery_empties_what_a_killed_unshare_build_left(
     done = recover(config, LocalArtifactStore(config.store_dir))
     assert done.work_dirs == [left] and not left.exists()
     assert os.listdir(config.work_dir) == [".children"]
+
+
+def test_a_failing_post_in_unshare_mode_fails_the_build_and_leaves_nothing(
+    build_tmp: Path,
+) -> None:
+    config = BuilderConfig(
+        store_dir=build_tmp / "store",
+        work_dir=build_tmp / "work",
+        cache_dir=APT_CACHE,
+        root_cache_dir=ROOT_CACHE,
+        build_user=BUILD_USER,
+    )
+    kickstart = NODE_KS.read_text(encoding="utf-8") + "\n%post --erroronfail\nexit 3\n%end\n"
+    req = p.BuildRequested(
+        request_id="failing-post", source=p.InlineSource(kickstart=kickstart), name="node"
+    )
+    [sent] = build(config, req)
+    assert isinstance(sent, BuildFailedV1), sent.body
+    assert sent.payload.stage == "build"
+    assert "failed with status 3" in sent.payload.error
+    assert sent.payload.kickstart_line == kickstart.count("\n") - 2
+    assert os.listdir(config.work_dir) == []  # the namespace's tree went with the work dir

@@ -13,6 +13,7 @@ same steps work whether the builder runs as root (it switches to the build user 
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import struct
@@ -22,7 +23,9 @@ from pathlib import Path
 from typing import IO
 
 from imgline.core.errors import ConfigError
-from imgline.core.runner import run
+from imgline.core.runner import CommandError, run
+
+log = logging.getLogger(__name__)
 
 SUBUID = Path("/etc/subuid")
 SUBGID = Path("/etc/subgid")
@@ -189,3 +192,13 @@ class BuildUser:
         what a build made there (the builder itself may not be allowed to); ``path`` stays."""
         if path.is_dir():
             run(self.inside(["find", str(path), "-xdev", "-mindepth", "1", "-delete"]), log_file)
+
+    def release(self, path: Path, log_file: IO[str] | None = None) -> None:
+        """:meth:`empty`, after a build: a failure is logged, not raised, so the build's
+        outcome stands; the builder's next start tries again."""
+        try:
+            self.empty(path, log_file)
+        except (CommandError, OSError) as exc:
+            log.warning("could not empty %s as %s: %s", path, self.name, exc)
+            if log_file is not None:
+                log_file.write(f"# warning: could not empty {path} as {self.name}: {exc}\n")

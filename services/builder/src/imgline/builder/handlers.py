@@ -433,7 +433,7 @@ def _released(output: BuildOutput, build_log: IO[str], *, keep: bool) -> Iterato
         yield
     finally:
         if output.owner is not None and output.tree is not None and not keep:
-            output.owner.empty(output.tree.parent, build_log)
+            output.owner.release(output.tree.parent, build_log)
 
 
 def _describe_boot(tree: Path, meta: dict[str, Any]) -> None:

@@ -191,10 +191,8 @@ class MmdebstrapBackend:
         try:
             return self._build(plan, area, log)
         except BaseException:
-            if self._user is not None:
-                self._user.empty(
-                    area, log
-                )  # a failed build leaves nothing the builder can't remove
+            if self._user is not None:  # what the namespace made, the builder may not remove
+                self._user.release(area, log)
             raise
 
     def _area(self, workdir: Path) -> Path:
