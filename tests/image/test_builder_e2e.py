@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from bushelpers import service_process
+from nodeimage import BUILD_USER
 
 from imgline.core import liveimg
 from imgline.core.artifacts import LocalArtifactStore
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 APT_CACHE = REPO / ".cache" / "apt" / "bookworm-amd64"
 
 
-def test_node_ks_builds_through_the_broker(amqp_url: str, tmp_path: Path) -> None:
+def test_node_ks_builds_through_the_broker(amqp_url: str, tmp_path: Path, build_tmp: Path) -> None:
     # a "vendor repository" holding the example kickstart, as a git push would leave it
     repo = tmp_path / "vendor"
     node_ks = (REPO / "examples" / "node.ks").read_text(encoding="utf-8")
@@ -34,9 +35,10 @@ def test_node_ks_builds_through_the_broker(amqp_url: str, tmp_path: Path) -> Non
     store_dir = tmp_path / "store"
     config = {
         "store_dir": str(store_dir),
-        "work_dir": str(tmp_path / "work"),
+        "work_dir": str(build_tmp / "work"),  # the build user's namespace reaches it
         "cache_dir": str(APT_CACHE),
         "root_cache_dir": str(REPO / ".cache" / "roots"),
+        "build_user": BUILD_USER,  # the service runs as root here: unshare mode needs a user
         "git_schemes": ["file"],
     }
     req = p.BuildRequested(

@@ -377,3 +377,28 @@ def test_a_build_that_changes_only_scripts_reuses_the_package_root(
     tar_in = [c for c in fake.runs[2] if c.startswith("--setup-hook=tar-in")]
     assert tar_in == [f"--setup-hook=tar-in {tmp_path}/w1/packages.tar /"]
     assert len(list((tmp_path / "roots").glob("*.tar"))) == 2
+
+
+def test_a_reused_root_repeats_what_ignoremissing_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeMmdebstrap({"nosuchpkg": "E: Unable to locate package nosuchpkg"})
+    monkeypatch.setattr(mmdebstrap_adapter, "run", fake)
+    monkeypatch.setattr(MmdebstrapBackend, "tool_version", lambda self: "mmdebstrap 1.3.5")
+    roots = RootCache(tmp_path / "roots", max_bytes=1 << 30, max_age_seconds=3600)
+    backend = MmdebstrapBackend("bookworm", tmp_path / "cache", None, 60, roots=roots, mode="root")
+    wanted = plan(packages=("vim", "nosuchpkg"), ignore_missing=True, packages_where="k:9")
+    said = []
+    for n in range(2):
+        work = tmp_path / f"w{n}"
+        work.mkdir()
+        log = io.StringIO()
+        backend.build(wanted, work / "ks", work, log)
+        said.append(log.getvalue())
+    assert fake.kinds() == ["packages", "packages", "customize", "customize"]
+    warning = "# warning: k:9: %packages --ignoremissing: nosuchpkg is not available"
+    assert warning in said[0]
+    assert "reused from the cache" in said[1] and warning in said[1]
+    roots.evict()  # an evicted or expired root takes its notes with it
+    RootCache(tmp_path / "roots", max_bytes=0, max_age_seconds=3600).evict()
+    assert list((tmp_path / "roots").glob("*.notes")) == []

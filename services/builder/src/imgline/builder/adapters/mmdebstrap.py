@@ -289,11 +289,16 @@ class MmdebstrapBackend:
                     f"# package root {key[:16]} reused from the cache (made "
                     f"{hit.age_seconds / 60:.0f} min ago)\n"
                 )
+                for note in hit.notes:  # what its making said holds for this build too
+                    log.write(f"# warning: {note}\n")
                 return dest
             log.write(f"# package root {key[:16]} not in the cache: installing the packages\n")
             return self.roots.put(key, lambda out: self._make_root(plan, workdir, out, log), dest)
 
-    def _make_root(self, plan: BuildPlan, workdir: Path, output: Path, log: IO[str]) -> None:
+    def _make_root(self, plan: BuildPlan, workdir: Path, output: Path, log: IO[str]) -> list[str]:
+        """Install the plan's packages into the tarball ``output``; returns the warnings a
+        build from it must repeat (packages --ignoremissing left out)."""
+        notes: list[str] = []
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         hook: Path | None = None
         script = debian.exclusion_script(plan)  # the same for every try: exclusions stay
@@ -312,7 +317,7 @@ class MmdebstrapBackend:
             )
             try:
                 self._run(cmd, log, workdir)
-                return
+                return notes
             except CommandError as exc:
                 output.unlink(missing_ok=True)
                 missing = _missing_package(exc.tail)
@@ -320,10 +325,11 @@ class MmdebstrapBackend:
                     raise self._classify(exc) from exc
             # --ignoremissing: leave the package out and start again (one run per missing
             # package; the .deb cache makes the next one quicker)
-            log.write(
-                f"# warning: {plan.packages_where}: %packages --ignoremissing: {missing} is "
-                "not available; building without it\n"
+            notes.append(
+                f"{plan.packages_where}: %packages --ignoremissing: {missing} is not "
+                "available; building without it"
             )
+            log.write(f"# warning: {notes[-1]}\n")
             plan = plan.model_copy(
                 update={"packages": tuple(p for p in plan.packages if p != missing)}
             )

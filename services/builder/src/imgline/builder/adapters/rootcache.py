@@ -29,6 +29,7 @@ from imgline.builder.errors import BackendError
 from imgline.builder.settings import BuilderConfig
 from imgline.core import runner
 from imgline.core.bus.stage import exclusive
+from imgline.core.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,11 @@ LOCK_WAIT_SECONDS = 3 * 3600.0
 
 @dataclass(frozen=True)
 class Hit:
-    """A fresh entry was linked to the destination; it was made this long ago."""
+    """A fresh entry was linked to the destination; it was made this long ago, and what its
+    making said that a build from it must say again (packages left out)."""
 
     age_seconds: float
+    notes: tuple[str, ...] = ()
 
 
 class RootCache:
@@ -67,6 +70,9 @@ class RootCache:
             raise BackendError(f"package root key {key!r} is not a sha256")
         return self.directory / f"{key}.tar"
 
+    def _notes(self, key: str) -> Path:
+        return self.directory / f"{key}.notes"
+
     @contextmanager
     def locked(self, key: str) -> Iterator[None]:
         """Only one build on this host looks up and makes the entry ``key`` at a time."""
@@ -88,15 +94,20 @@ class RootCache:
         if age > self.max_age_seconds or age < 0:
             log.info("package root %s is %.0f s old: making it again", key[:16], age)
             path.unlink(missing_ok=True)
+            self._notes(key).unlink(missing_ok=True)
             return None
         _link_or_copy(path, dest)
         os.utime(path, (now, st.st_mtime))
-        return Hit(age)
+        try:
+            notes = tuple(self._notes(key).read_text(encoding="utf-8").splitlines())
+        except FileNotFoundError:
+            notes = ()
+        return Hit(age, notes)
 
-    def put(self, key: str, make: Callable[[Path], None], dest: Path) -> Path:
-        """Make entry ``key`` with ``make(tmp_path)``, keep it (evicting the least recently
-        used entries beyond ``max_bytes``) and link it to ``dest``. With ``max_bytes`` 0
-        nothing is kept: ``make`` writes straight to ``dest``."""
+    def put(self, key: str, make: Callable[[Path], list[str] | None], dest: Path) -> Path:
+        """Make entry ``key`` with ``make(tmp_path)``, keep it and the notes ``make`` returns
+        (evicting the least recently used entries beyond ``max_bytes``) and link it to
+        ``dest``. With ``max_bytes`` 0 nothing is kept: ``make`` writes straight to ``dest``."""
         if self.max_bytes <= 0:
             make(dest)
             return dest
@@ -105,7 +116,8 @@ class RootCache:
         partial = self.directory / f".partial-{os.getpid()}-{key}.tar"
         partial.unlink(missing_ok=True)
         try:
-            make(partial)
+            notes = make(partial) or []
+            write_atomic(self._notes(key), "".join(f"{n}\n" for n in notes).encode())
             now = self.clock()
             os.utime(partial, (now, now))
             os.replace(partial, path)
@@ -133,6 +145,7 @@ class RootCache:
             if path.stem == keep:
                 continue
             path.unlink(missing_ok=True)
+            self._notes(path.stem).unlink(missing_ok=True)
             total -= size
             removed.append(path)
         if removed:

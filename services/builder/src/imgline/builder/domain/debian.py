@@ -92,7 +92,7 @@ def dpkg_options(plan: BuildPlan) -> tuple[list[str], list[str]]:
 #: apt settings of every package root (weak dependencies are never installed).
 APT_OPTIONS = ('APT::Install-Recommends "false"',)
 #: Bump when what goes into a cached package root changes, so older entries are not reused.
-ROOT_FORMAT = 1
+ROOT_FORMAT = 2  # 2: each entry has its notes (packages --ignoremissing left out)
 
 
 def _mirror_args(mirror: str | None, extra: tuple[str, ...]) -> list[str]:
