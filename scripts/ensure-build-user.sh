@@ -15,14 +15,17 @@ if ! getent passwd "$name" >/dev/null; then
     --shell /usr/sbin/nologin "$name"
 fi
 
-# a free block of 65536 ids above every range already given out
+# a free block of 65536 ids in $1, above every range already given out there
 next_free() {
-  awk -F: 'BEGIN { top = 100000 } NF == 3 && $2 + $3 > top { top = $2 + $3 } END { print top }' \
-    /etc/subuid /etc/subgid 2>/dev/null || echo 100000
+  if [ -f "$1" ]; then
+    awk -F: 'BEGIN { top = 100000 } NF == 3 && $2 + $3 > top { top = $2 + $3 } END { print top }' "$1"
+  else
+    echo 100000
+  fi
 }
 for file in /etc/subuid /etc/subgid; do
   if ! grep -q "^$name:" "$file" 2>/dev/null; then
-    start=$(next_free)
+    start=$(next_free "$file")
     end=$((start + 65535))
     echo "ensure-build-user: giving $name the ids $start-$end in $file"
     if [ "$file" = /etc/subuid ]; then
