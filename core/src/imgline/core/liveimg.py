@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -522,6 +522,21 @@ def root_fixup_requests(root: Path, shift: tuple[int, int] = (0, 0)) -> list[str
     ]
 
 
+class Namespace(Protocol):
+    """How to run the ext4 steps in the user namespace that owns a tree (``nsimage``)."""
+
+    #: host uid and gid of the image's root
+    shift: tuple[int, int]
+
+    def mke2fs(self, argv: list[str]) -> list[str]:
+        """``argv`` of mke2fs, run in the namespace with the factory view of /etc in place."""
+        ...
+
+    def inside(self, argv: Sequence[str | Path]) -> list[str]:
+        """``argv`` run in the namespace."""
+        ...
+
+
 def make_ext4(
     root: Path,
     image: Path,
@@ -530,14 +545,19 @@ def make_ext4(
     log_file: IO[str] | None = None,
     *,
     extra_options: Sequence[str] = (),
+    namespace: Namespace | None = None,
 ) -> Path:
-    """Create ``image`` as a sparse ext4 of ``size_mib`` MiB holding the tree at ``root``."""
+    """Create ``image`` as a sparse ext4 of ``size_mib`` MiB holding the tree at ``root``.
+
+    ``namespace`` runs mke2fs and the fix of /'s owner in the user namespace that owns the tree
+    (mke2fs then creates ``image`` itself, in a directory that namespace may write)."""
     argv = ext4_command(root, image, label=label, size_mib=size_mib, extra_options=extra_options)
     require("mke2fs", "install e2fsprogs")
-    with image.open("wb") as f:  # sparse: only what mke2fs writes takes disk space
-        f.truncate(size_mib * MIB)
+    if namespace is None:
+        with image.open("wb") as f:  # sparse: only what mke2fs writes takes disk space
+            f.truncate(size_mib * MIB)
     try:
-        run(argv, log_file)
+        run(namespace.mke2fs(argv) if namespace else argv, log_file)
     except CommandError as exc:
         image.unlink(missing_ok=True)
         if "Could not allocate" in exc.tail:
@@ -546,9 +566,11 @@ def make_ext4(
                 f"(mke2fs ran out of space or inodes): raise --size\n{exc.tail}"
             ) from exc
         raise
-    fixups = root_fixup_requests(root)
+    fixups = root_fixup_requests(root, namespace.shift if namespace else (0, 0))
     if fixups:
-        out = _debugfs(image, fixups, log_file, write=True)
+        out = _debugfs(
+            image, fixups, log_file, write=True, wrap=namespace.inside if namespace else None
+        )
         problems = [c.strip() for c in _request_outputs(out) if c.strip()]
         if problems:
             image.unlink(missing_ok=True)

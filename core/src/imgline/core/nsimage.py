@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from imgline.core import liveimg
 from imgline.core.liveimg import (
-    DEFAULT_LABEL,
     FACTORY_ETC,
     IMAGE_JSON,
-    LiveImgError,
     TreeStats,
 )
-from imgline.core.runner import CommandError, run
+from imgline.core.runner import run
 from imgline.core.userns import BuildUser
 
 log = logging.getLogger(__name__)
@@ -54,6 +53,25 @@ exec "$@"
 
 #: One record per inode of the tree: device, inode, type, size, links, path (NUL-terminated).
 _LISTING = "%D %i %y %s %n %P\\0"
+
+
+class _TreeNamespace:
+    """``liveimg.Namespace`` for a tree ``user``'s namespace owns."""
+
+    def __init__(self, user: BuildUser, root: Path, copy_etc: bool) -> None:
+        self.user = user
+        self.root = root
+        self.copy_etc = copy_etc
+        self.shift = (user.subuid, user.subgid)
+
+    def mke2fs(self, argv: list[str]) -> list[str]:
+        etc, factory = self.root / "etc", self.root / FACTORY_ETC
+        return self.user.inside(
+            ["sh", "-c", _VIEW, "sh", str(etc), str(factory), str(int(self.copy_etc)), *argv]
+        )
+
+    def inside(self, argv: Sequence[str | Path]) -> list[str]:
+        return self.user.inside(argv)
 
 
 def listing_stats(listing: str) -> tuple[TreeStats, TreeStats, bool]:
@@ -125,30 +143,10 @@ def assemble(
     private.mkdir(mode=0o700)
     user.hand_over(private, namespace_bits=7)
     try:
-        image = private / "rootfs.img"
-        argv = liveimg.ext4_command(root, image, label=DEFAULT_LABEL, size_mib=size_mib)
-        etc_dir, factory = root / "etc", root / FACTORY_ETC
-        try:
-            run(
-                user.inside(
-                    ["sh", "-c", _VIEW, "sh", str(etc_dir), str(factory), str(int(shared)), *argv]
-                ),
-                log_file,
-            )
-        except CommandError as exc:
-            if "Could not allocate" in exc.tail:
-                raise LiveImgError(
-                    f"the root tree does not fit in part / --size {size_mib} MiB "
-                    f"(mke2fs ran out of space or inodes): raise --size\n{exc.tail}"
-                ) from exc
-            raise
-        fixups = liveimg.root_fixup_requests(root, (user.subuid, user.subgid))
-        if fixups:
-            reply = liveimg._debugfs(image, fixups, log_file, write=True, wrap=user.inside)
-            if problems := [c.strip() for c in liveimg._request_outputs(reply) if c.strip()]:
-                raise LiveImgError(
-                    f"could not give / in {image} the owner and mode of {root}: {problems}"
-                )
+        namespace = _TreeNamespace(user, root, shared)
+        image = liveimg.make_ext4(
+            root, private / "rootfs.img", size_mib, log_file=log_file, namespace=namespace
+        )
         liveimg.make_squashfs(image, out, compression, log_file, compression_level)
     finally:
         shutil.rmtree(private, ignore_errors=True)
