@@ -25,6 +25,7 @@ from imgline.builder.__main__ import make_backends
 from imgline.builder.handlers import BuildMetrics, build_handler
 from imgline.builder.settings import BuilderConfig
 from imgline.core.artifacts import LocalArtifactStore
+from imgline.core.userns import BuildUser
 from imgline.schemas import payloads as p
 from imgline.schemas.messages import BuildRequestedV1, ImageBuiltV1
 
@@ -80,6 +81,8 @@ def main() -> int:
         raise SystemExit("run this as root: it builds as root or switches to imgline-build")
     text = NODE_KS.read_text(encoding="utf-8")
     CACHE.mkdir(exist_ok=True)
+    if args.mode == "unshare":  # its namespace works under .cache/, wherever the checkout is
+        BuildUser.lookup("imgline-build").reach(CACHE)
     tmp = tempfile.mkdtemp(prefix="bench-build-", dir=CACHE)
     where = Path(tmp)
     where.chmod(0o755)  # the build user's namespace passes through to the work directory

@@ -50,6 +50,7 @@ from imgline.core.gitutil import commit_files
 from imgline.core.trust.client import RepositoryClient
 from imgline.core.trust.keys import KeyDir
 from imgline.core.trust.repository import TufRepository
+from imgline.core.userns import BuildUser
 from imgline.publisher import http
 from imgline.publisher.__main__ import build_consumer as build_publisher
 from imgline.schemas import payloads as p
@@ -58,6 +59,7 @@ from imgline.tester.__main__ import build_consumer as build_tester
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache"
+BUILD_USER = "imgline-build"
 log = logging.getLogger("imgline.demo")
 
 BROKEN_KS = """lang en_US.UTF-8
@@ -296,12 +298,23 @@ def start_services(
     return services, threads
 
 
-def run() -> int:
+def ready_to_build() -> bool:
+    """Root, a build user, and a path to .cache/ it may take (else say what is missing)."""
     if os.geteuid() != 0:
         log.error(
             "run the demo as root: its builder switches to the unprivileged build user "
             "imgline-build for each build (scripts/ensure-build-user.sh makes it)"
         )
+        return False
+    # the build user's namespace works under .cache/: let it through the directories above
+    # the checkout (a checkout under /root or a 0700 home), for its two ids only
+    CACHE.mkdir(exist_ok=True)
+    BuildUser.lookup(BUILD_USER).reach(CACHE)
+    return True
+
+
+def run() -> int:
+    if not ready_to_build():
         return 2
     with (
         broker_access() as broker,
@@ -318,7 +331,7 @@ def run() -> int:
                 "work_dir": str(CACHE / "demo" / "work"),
                 "cache_dir": str(CACHE / "apt" / "bookworm-amd64"),
                 "root_cache_dir": str(CACHE / "roots"),
-                "build_user": "imgline-build",  # unshare mode: scripts run as root of its namespace
+                "build_user": BUILD_USER,  # unshare mode: scripts run as root of its namespace
                 "git_schemes": ["file"],  # the demo's vendor repository is on this machine
             },
         )

@@ -16,6 +16,7 @@ from imgline.core import logs
 from imgline.core.broker import PrivateBroker
 from imgline.core.bus import topology
 from imgline.core.config import BusSettings
+from imgline.core.userns import BuildUser, UsernsError
 
 logs.configure("INFO")
 
@@ -71,3 +72,20 @@ def build_tmp() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _build_user_reaches_the_checkout() -> None:
+    """Unshare-mode test builds run as the build user, whose namespace reads and writes under
+    ``.cache/``: let it through the directories above the checkout (a checkout under /root or a
+    0700 home), by ACL for its two ids only. Without root or the user, builds say what fails."""
+    from nodeimage import BUILD_USER, CACHE  # noqa: PLC0415 - tests/ is on the path only here
+
+    if os.geteuid() != 0:
+        return
+    try:
+        user = BuildUser.lookup(BUILD_USER)
+    except UsernsError:
+        return  # make deps creates it; the tests that build say so
+    CACHE.mkdir(exist_ok=True)
+    user.reach(CACHE)

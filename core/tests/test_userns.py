@@ -102,3 +102,29 @@ def test_listing_counts_links_once_and_finds_shared_etc_files() -> None:
     assert shared
     _, _, shared = listing_stats("2049 12 f 100 1 etc/hostname\0")
     assert not shared
+
+
+def test_acl_keeps_the_named_entries_already_there() -> None:
+    undefined = 0xFFFFFFFF
+    existing = acl_xattr(0o750, {500: 5})
+    merged = acl_xattr(0o750, {500: 2, 600: 1}, existing)
+    assert _entries(merged) == [
+        (0x01, 7, undefined),
+        (0x02, 7, 500),  # its read and execute stay, write is added
+        (0x02, 1, 600),
+        (0x04, 5, undefined),
+        (0x10, 7, undefined),
+        (0x20, 0, undefined),
+    ]
+    with_group = struct.pack("<I", 2) + b"".join(
+        struct.pack("<HHI", *e)
+        for e in [
+            (1, 7, undefined),
+            (4, 0, undefined),
+            (8, 5, 42),
+            (0x10, 5, undefined),
+            (0x20, 0, undefined),
+        ]
+    )
+    assert (0x08, 5, 42) in _entries(acl_xattr(0o700, {1: 1}, with_group))
+    assert _entries(acl_xattr(0o700, {}, b"garbage")) == _entries(acl_xattr(0o700, {}))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -186,3 +187,22 @@ def test_a_failing_post_in_unshare_mode_fails_the_build_and_leaves_nothing(
     assert "failed with status 3" in sent.payload.error
     assert sent.payload.kickstart_line == kickstart.count("\n") - 2
     assert os.listdir(config.work_dir) == []  # the namespace's tree went with the work dir
+
+
+def test_the_build_user_is_let_through_private_directories_above(
+    user: BuildUser, build_tmp: Path
+) -> None:
+    private = build_tmp / "home"  # like a 0700 home holding the checkout
+    private.mkdir(mode=0o700)
+    target = private / "checkout" / ".cache"
+    target.mkdir(parents=True)
+    (private / "secret").write_text("no")
+    probe = ["test", "-x", str(target)]
+    assert subprocess.run(user.command(probe), check=False).returncode != 0
+    user.reach(target)
+    assert subprocess.run(user.command(probe), check=False).returncode == 0
+    assert subprocess.run(user.inside(probe), check=False).returncode == 0
+    # search only: nothing in the private directory can be listed or read
+    listing = subprocess.run(user.command(["ls", str(private)]), capture_output=True, check=False)
+    assert listing.returncode != 0
+    assert stat.S_IMODE(private.stat().st_mode) & 0o007 == 0  # others still get nothing

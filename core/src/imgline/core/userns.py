@@ -34,7 +34,7 @@ MIN_SUBIDS = 65536
 
 # linux/posix_acl_xattr.h
 _ACL_VERSION = 2
-_USER_OBJ, _USER, _GROUP_OBJ, _MASK, _OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+_USER_OBJ, _USER, _GROUP_OBJ, _GROUP, _MASK, _OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 _UNDEFINED_ID = 0xFFFFFFFF
 ACL_XATTR = "system.posix_acl_access"
 
@@ -60,24 +60,51 @@ def subid_range(text: str, name: str, uid: int) -> tuple[int, int] | None:
     return None
 
 
-def acl_xattr(mode: int, grants: dict[int, int]) -> bytes:
+def acl_xattr(mode: int, grants: dict[int, int], existing: bytes | None = None) -> bytes:
     """The ``system.posix_acl_access`` value that keeps ``mode`` for owner, group and others
-    and gives each uid in ``grants`` its permission bits (4 read, 2 write, 1 search/execute).
+    (and the named entries of an ``existing`` ACL) and gives each uid in ``grants`` its
+    permission bits (4 read, 2 write, 1 search/execute), added to what it had.
 
     Only the uids named get in; nobody else gains anything, unlike a chmod for "others"."""
     if any(not 0 <= bits <= 7 for bits in grants.values()):
         raise ValueError(f"ACL permissions are 0-7: {grants}")
+    users: dict[int, int] = {}
+    groups: dict[int, int] = {}
+    for tag, perm, ident in _acl_entries(existing or b""):
+        if tag == _USER:
+            users[ident] = perm
+        elif tag == _GROUP:
+            groups[ident] = perm
+    for uid, bits in grants.items():
+        users[uid] = users.get(uid, 0) | bits
     group = (mode >> 3) & 7
     mask = group
-    for bits in grants.values():
+    for bits in (*users.values(), *groups.values()):
         mask |= bits
     entries = [(_USER_OBJ, (mode >> 6) & 7, _UNDEFINED_ID)]
-    entries += [(_USER, bits, uid) for uid, bits in sorted(grants.items())]
-    entries += [(_GROUP_OBJ, group, _UNDEFINED_ID), (_MASK, mask, _UNDEFINED_ID)]
-    entries.append((_OTHER, mode & 7, _UNDEFINED_ID))
+    entries += [(_USER, bits, uid) for uid, bits in sorted(users.items())]
+    entries.append((_GROUP_OBJ, group, _UNDEFINED_ID))
+    entries += [(_GROUP, bits, gid) for gid, bits in sorted(groups.items())]
+    entries += [(_MASK, mask, _UNDEFINED_ID), (_OTHER, mode & 7, _UNDEFINED_ID)]
     return struct.pack("<I", _ACL_VERSION) + b"".join(
         struct.pack("<HHI", tag, perm, ident) for tag, perm, ident in entries
     )
+
+
+def _acl_entries(blob: bytes) -> list[tuple[int, int, int]]:
+    if len(blob) < 4 or struct.unpack("<I", blob[:4])[0] != _ACL_VERSION or len(blob) % 8 != 4:
+        return []
+    return [struct.unpack("<HHI", blob[i : i + 8]) for i in range(4, len(blob), 8)]
+
+
+def _grant(path: Path, grants: dict[int, int]) -> None:
+    """Add ``grants`` to the access ACL of ``path``, keeping its mode and other entries."""
+    try:
+        existing: bytes | None = os.getxattr(path, ACL_XATTR)
+    except OSError:
+        existing = None
+    mode = os.stat(path).st_mode & 0o777
+    os.setxattr(path, ACL_XATTR, acl_xattr(mode, grants, existing))
 
 
 @dataclass(frozen=True)
@@ -175,8 +202,7 @@ class BuildUser:
         the namespace's root ``namespace_bits`` on it, by ACL: nobody else gets anything."""
         if os.geteuid() != self.uid:
             os.chown(path, self.uid, self.gid)
-        mode = os.stat(path).st_mode & 0o777
-        os.setxattr(path, ACL_XATTR, acl_xattr(mode, {self.subuid: namespace_bits}))
+        _grant(path, {self.subuid: namespace_bits})
 
     def let_in(self, path: Path) -> None:
         """Let the build user and the namespace's root through the directory ``path`` (search
@@ -184,8 +210,24 @@ class BuildUser:
         grants = {self.subuid: 1}
         if os.geteuid() != self.uid:
             grants[self.uid] = 1
-        mode = os.stat(path).st_mode & 0o777
-        os.setxattr(path, ACL_XATTR, acl_xattr(mode, grants))
+        _grant(path, grants)
+
+    def reach(self, path: Path) -> None:
+        """Let the build user and its namespace's root through every directory from / down to
+        ``path`` that others may not search (a checkout under a 0700 home, say): search only,
+        by ACL, for those two ids. Raises ``UsernsError`` where this process may not."""
+        path = path.resolve()
+        for directory in (*reversed(path.parents), path):
+            if os.stat(directory).st_mode & 0o001:
+                continue
+            try:
+                _grant(directory, {self.uid: 1, self.subuid: 1})
+            except OSError as exc:
+                raise UsernsError(
+                    f"build user {self.name!r} cannot pass through {directory} and this process "
+                    f"may not let it ({exc.strerror}): chmod o+x {directory}, or move the "
+                    "builder's directories"
+                ) from exc
 
     def empty(self, path: Path, log_file: IO[str] | None = None) -> None:
         """Delete everything below the directory ``path`` from inside the namespace, which owns
