@@ -8,6 +8,7 @@ than mmdebstrap; test_rebuild_from_kept_root.py builds node.ks the whole way.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -22,7 +23,7 @@ from imgline.builder.adapters.mmdebstrap import AREA, MmdebstrapBackend
 from imgline.builder.errors import BackendUnavailableError
 from imgline.builder.recovery import recover
 from imgline.builder.settings import BuilderConfig
-from imgline.core import liveimg, nsimage
+from imgline.core import liveimg, nsimage, userns
 from imgline.core.artifacts import LocalArtifactStore
 from imgline.core.liveimg import LiveImgError
 from imgline.core.runner import run
@@ -206,3 +207,19 @@ def test_the_build_user_is_let_through_private_directories_above(
     listing = subprocess.run(user.command(["ls", str(private)]), capture_output=True, check=False)
     assert listing.returncode != 0
     assert stat.S_IMODE(private.stat().st_mode) & 0o007 == 0  # others still get nothing
+
+
+def test_a_work_dir_without_acls_is_said_so(
+    user: BuildUser, build_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = MmdebstrapBackend("bookworm", build_tmp / "c", None, 60, user=BUILD_USER)
+    backend.check_available()
+
+    def no_acls(*args: object) -> None:
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    monkeypatch.setattr(userns.os, "setxattr", no_acls)
+    work = build_tmp / "work"
+    work.mkdir()
+    with pytest.raises(BackendUnavailableError, match="a file system with POSIX ACLs"):
+        backend._area(work)

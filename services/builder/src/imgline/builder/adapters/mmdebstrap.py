@@ -201,10 +201,16 @@ class MmdebstrapBackend:
         if self.mode == "root":
             return workdir
         user = self.build_user()
-        user.let_in(workdir)
         area = workdir / AREA
         area.mkdir(mode=0o700)
-        user.hand_over(area, namespace_bits=7)
+        try:
+            user.let_in(workdir)
+            user.hand_over(area, namespace_bits=7)
+        except OSError as exc:
+            raise BackendUnavailableError(
+                f"could not open {area} to the build user's namespace ({exc.strerror}): "
+                "work_dir must be on a file system with POSIX ACLs (ext4, xfs, btrfs, tmpfs)"
+            ) from exc
         try:
             run(user.inside(["test", "-w", str(area), "-a", "-x", str(area)]), timeout=60)
         except CommandError as exc:
