@@ -144,3 +144,7 @@ class Seen:
             return False
         self._when[build_id] = now
         return True
+
+    def forget(self, build_id: str) -> None:
+        """Let ``build_id`` through again (its request was never sent)."""
+        self._when.pop(build_id, None)
