@@ -121,32 +121,35 @@ def service_process(
     consumes: tuple[str, ...],
     emits: tuple[str, ...],
     consumer_config: dict[str, str],
+    settings: dict[str, Any] | None = None,
 ) -> Iterator[ServiceProcess]:
-    """Start ``imgline-<service>`` with a config written to ``tmp``; stop it with SIGTERM."""
+    """Start ``imgline-<service>`` with a config written to ``tmp`` (``settings``: top-level
+    keys such as ``metrics_port``); stop it with SIGTERM."""
     # unique per call: a test that fails half-way must not leave work for the next one's service
     exchange = f"{service}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     config = tmp / f"{service}.toml"
     table = "".join(f"{k} = {json.dumps(v)}\n" for k, v in consumer_config.items())
+    top = "".join(f"{k} = {json.dumps(v)}\n" for k, v in (settings or {}).items())
     config.write_text(
-        f'service = "{service}"\nexchange = "{exchange}"\n'
+        f'service = "{service}"\nexchange = "{exchange}"\n{top}'
         f'dead_letter_exchange = "{exchange}.dlx"\ndead_letter_queue = "{exchange}.dead-letter"\n'
         f"[consumer_config]\n{table}"
     )
-    settings = load_settings(BusSettings, config, {})
+    bus = load_settings(BusSettings, config, {})
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     ch = conn.channel()
-    topology.declare(ch, topology.shared_topology(settings))
+    topology.declare(ch, topology.shared_topology(bus))
     watch = ch.queue_declare("", exclusive=True).method.queue
     for topic in emits:
-        ch.queue_bind(watch, exchange, settings.routing_key(topic))
+        ch.queue_bind(watch, exchange, bus.routing_key(topic))
     # declare the service's queue first: a message published before it exists is lost
-    topology.declare(ch, topology.service_topology(settings, consumes))
+    topology.declare(ch, topology.service_topology(bus, consumes))
     proc = subprocess.Popen(
         [sys.executable, "-m", f"imgline.{service}", "--config", str(config)],
         env=dict(os.environ, IMGLINE_AMQP_URL=amqp_url),
     )
     try:
-        yield ServiceProcess(conn, exchange, watch, settings.dead_letter_queue, proc)
+        yield ServiceProcess(conn, exchange, watch, bus.dead_letter_queue, proc)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)

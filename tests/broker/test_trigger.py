@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -79,6 +80,7 @@ stream = "stable"
 kickstart_path = "kickstarts/node.ks"
 """
     )
+    metrics_port = free_port()
     config = {
         "listen_port": str(port),
         "rules_file": str(rules),
@@ -91,6 +93,7 @@ kickstart_path = "kickstarts/node.ks"
         consumes=(),
         emits=("build.requested",),
         consumer_config=config,
+        settings={"metrics_port": metrics_port},
     ) as svc:
         wait_healthy(f"http://127.0.0.1:{port}/healthz", svc.proc)
         work = tmp_path / "work"
@@ -155,3 +158,12 @@ kickstart_path = "kickstarts/node.ks"
         time.sleep(2)  # what would have been published by now
         method, _, _ = svc.channel.basic_get(svc.watch, auto_ack=True)
         assert method is None, "more than one build.requested"
+
+        # and a dashboard sees all of it
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as answer:
+            text = answer.read().decode()
+        assert 'imgline_webhooks_total{forge="gitea",result="requested"} 1.0' in text
+        assert 'imgline_webhooks_total{forge="gitea",result="repeated"} 1.0' in text
+        assert 'imgline_webhooks_total{forge="gitea",result="refused"} 1.0' in text
+        published = r'published_total\{service="trigger",topic="[a-z.]*build\.requested"\} 1\.0'
+        assert re.search(rf"imgline_messages_{published}", text), text

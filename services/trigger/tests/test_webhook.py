@@ -6,11 +6,12 @@ import json
 
 import pytest
 from forgepayloads import AFTER, SECRET, gitea_push, github_push, signed
+from prometheus_client import CollectorRegistry
 
 from imgline.core.errors import BrokerUnavailableError
 from imgline.schemas import payloads as p
 from imgline.trigger.domain.rules import Seen, load_rules
-from imgline.trigger.webhook import Webhook
+from imgline.trigger.webhook import RESULTS, Webhook, WebhookMetrics
 
 pytestmark = pytest.mark.unit
 
@@ -77,3 +78,28 @@ def test_events_that_build_nothing_are_answered_200() -> None:
     headers["X-Gitea-Signature"] = signed("gitea", {"ref": 5})[0]["X-Gitea-Signature"]
     assert hook(sent).handle(headers, body).status == 400
     assert sent == []
+
+
+def test_every_answer_is_counted_by_forge_and_result() -> None:
+    registry = CollectorRegistry()
+    sent: list[p.BuildRequested] = []
+    webhook = hook(sent)
+    webhook.metrics = WebhookMetrics(registry)
+    headers, body = signed("gitea", gitea_push())
+    webhook.handle(headers, body)
+    webhook.handle(headers, body)
+    webhook.handle(*signed("github", github_push(), "wrong"))
+    webhook.handle({"X-Whatever": "1"}, b"{}")
+    webhook.handle(*signed("github", github_push(ref="refs/tags/v1")))
+
+    def count(forge: str, result: str) -> float | None:
+        return registry.get_sample_value(
+            "imgline_webhooks_total", {"forge": forge, "result": result}
+        )
+
+    assert count("gitea", "requested") == 1
+    assert count("gitea", "repeated") == 1
+    assert count("github", "refused") == 1
+    assert count("unknown", "invalid") == 1
+    assert count("github", "no_build") == 1
+    assert {r for r in RESULTS} >= {"requested", "repeated", "refused", "invalid", "no_build"}

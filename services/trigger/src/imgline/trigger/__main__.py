@@ -13,6 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from imgline.core import logs
+from imgline.core.bus.metrics import BusMetrics
 from imgline.core.bus.publisher import Publisher
 from imgline.core.config import BusSettings, load_settings
 from imgline.core.errors import ConfigError, ImglineError
@@ -23,7 +24,7 @@ from imgline.trigger.adapters.http import WEBHOOK_PATH, make_app
 from imgline.trigger.domain.forges import Forge
 from imgline.trigger.domain.rules import Seen, load_rules
 from imgline.trigger.settings import TriggerConfig
-from imgline.trigger.webhook import Webhook
+from imgline.trigger.webhook import Webhook, WebhookMetrics
 
 log = logging.getLogger("imgline.trigger")
 
@@ -49,14 +50,18 @@ def build_app(settings: BusSettings) -> tuple[web.Application, TriggerConfig, Pu
     except OSError as exc:
         raise ConfigError(f"rules_file: cannot read {config.rules_file}: {exc.strerror}") from exc
     rules = load_rules(text, str(config.rules_file))
-    publisher = Publisher(settings, url)
+    metrics = BusMetrics("trigger")
+    publisher = Publisher(settings, url, metrics)
 
     def publish(req: p.BuildRequested) -> None:
         publisher.publish(BuildRequestedV1.from_payload(req, settings.topic_prefix))
 
     seen = Seen(config.repeat_memory, config.repeat_window_seconds, time.monotonic)
-    webhook = Webhook(rules, _secrets(config), seen, publish)
+    webhook = Webhook(rules, _secrets(config), seen, publish, WebhookMetrics(metrics.registry))
     log.info("%d rule(s) from %s", len(rules.rule), config.rules_file)
+    if settings.metrics_port is not None:
+        port = metrics.serve(settings.metrics_port)
+        log.info("metrics on http://127.0.0.1:%d/metrics", port)
     return make_app(webhook, config.max_body_bytes), config, publisher
 
 

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter
+
 from imgline.core.errors import ImglineError
 from imgline.schemas import payloads as p
 from imgline.trigger.domain import forges
@@ -20,6 +22,26 @@ from imgline.trigger.domain.rules import Rules, Seen, requests
 from imgline.trigger.errors import PayloadError, SignatureError
 
 log = logging.getLogger(__name__)
+
+
+#: What became of a webhook request (the ``result`` label): bounded, like the forges.
+RESULTS = ("requested", "repeated", "no_build", "refused", "invalid", "bus_unavailable")
+
+
+class WebhookMetrics:
+    """``imgline_webhooks_total{forge,result}``: a dashboard sees pushes arrive, forged or
+    misconfigured senders (refused), and a bus that did not take requests."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "imgline_webhooks",
+            "Webhook requests by forge and what became of them",
+            ["forge", "result"],
+            registry=registry,
+        )
+
+    def count(self, forge: str, result: str) -> None:
+        self.requests.labels(forge, result).inc()
 
 
 @dataclass(frozen=True)
@@ -37,28 +59,40 @@ class Webhook:
         secrets: Mapping[Forge, str],
         seen: Seen,
         publish: Callable[[p.BuildRequested], None],
+        metrics: WebhookMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.rules = rules
         self.secrets = secrets
         self.seen = seen
         self.publish = publish
 
     def handle(self, headers: Mapping[str, str], body: bytes) -> Answer:
+        forge, answer, result = self._decide(headers, body)
+        if self.metrics is not None:
+            self.metrics.count(forge, result)
+        return answer
+
+    def _decide(self, headers: Mapping[str, str], body: bytes) -> tuple[str, Answer, str]:
+        """The answer, with the forge (``unknown`` when none) and the result label."""
+        forge: str = "unknown"
         try:
-            forge, event = forges.detect(headers)
-            forges.verify(forge, headers, body, self.secrets.get(forge, ""))
+            found, event = forges.detect(headers)
+            forge = found
+            forges.verify(found, headers, body, self.secrets.get(found, ""))
         except SignatureError as exc:
             log.warning("webhook refused: %s", exc)
-            return Answer(401, {"error": "signature"})  # says nothing more to a prober
+            return forge, Answer(401, {"error": "signature"}), "refused"  # nothing more to say
         except PayloadError as exc:
-            return Answer(400, {"error": str(exc)})
+            return forge, Answer(400, {"error": str(exc)}), "invalid"
         try:
-            push = forges.parse(forge, event, headers, body)
+            push = forges.parse(found, event, headers, body)
         except PayloadError as exc:
             log.warning("webhook from %s: %s", forge, exc)
-            return Answer(400, {"error": str(exc)})
+            return forge, Answer(400, {"error": str(exc)}), "invalid"
         if push is None:
-            return Answer(200, {"ignored": f"{forge} {event[:40]} event: nothing to build"})
+            ignored = {"ignored": f"{forge} {event[:40]} event: nothing to build"}
+            return forge, Answer(200, ignored), "no_build"
         wanted = requests(self.rules, push)
         sent, repeated = [], []
         for req in wanted:
@@ -70,7 +104,8 @@ class Webhook:
             except ImglineError as exc:
                 self.seen.forget(req.build_id)  # the forge's retry must get through
                 log.error("build.requested for %s not sent: %s", req.name, exc)
-                return Answer(503, {"error": "the bus did not take the request; retry"})
+                answer = Answer(503, {"error": "the bus did not take the request; retry"})
+                return forge, answer, "bus_unavailable"
             sent.append(req.build_id)
             log.info(
                 "build_id=%s requested: %s %s@%s (%s push %s)",
@@ -81,7 +116,8 @@ class Webhook:
                 forge,
                 push.delivery or "-",
             )
-        return Answer(
+        answer = Answer(
             202 if sent else 200,
             {"requested": sent, "already_requested": repeated, "rules_matched": len(wanted)},
         )
+        return forge, answer, "requested" if sent else "repeated" if repeated else "no_build"
