@@ -99,20 +99,20 @@ def test_seen_is_bounded() -> None:
 @pytest.mark.parametrize(
     ("text", "said"),
     [
-        ("[[rule]]\nrepository = 'a/b'\n", "rule.0.url: Field required"),
+        ("[[rule]]\nrepository = 'a/b'\n", r"\[rule\.0\.url\] Field required"),
         (
             "[[rule]]\nrepository='a/b'\nurl='u'\nname='Bad Name'\nkickstart_path='k'\n",
-            "rule.0.name",
+            r"\[rule\.0\.name\]",
         ),
         (
             "[[rule]]\nrepository='a/b'\nurl='u'\nname='n'\nkickstart_path='k'\nforge='svn'\n",
-            "rule.0.forge",
+            r"\[rule\.0\.forge\]",
         ),
         (
             "[[rule]]\nrepository='a/b'\nurl='u'\nname='n'\nkickstart_path='k'\nbranchez=['x']\n",
             "branchez",
         ),
-        ("[[rule]\n", "not TOML"),
+        ("[[rule]\n", "not valid TOML"),
     ],
 )
 def test_a_bad_rules_file_names_the_rule_and_field(text: str, said: str) -> None:

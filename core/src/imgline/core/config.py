@@ -181,3 +181,19 @@ def load_settings(
             origin = f"{ENV_PREFIX}{top.upper()}" if top in overrides else source
             problems.append(f"{key} ({origin}): {err['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from exc
+
+
+def parse_toml(text: str, model: type[S], source: str, error: type[ConfigError] = ConfigError) -> S:
+    """``text`` (TOML) validated as ``model``; an ``error`` naming ``source``, and the line
+    (bad TOML) or every table and field that is wrong."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{source}: not valid TOML: {exc}") from exc
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"[{'.'.join(str(x) for x in err['loc'])}] {err['msg']}" for err in exc.errors()
+        )
+        raise error(f"{source}: {problems}") from exc

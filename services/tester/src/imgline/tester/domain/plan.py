@@ -16,12 +16,12 @@ one wins.
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import PurePosixPath
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from imgline.core.config import parse_toml
 from imgline.tester.errors import PlanError
 
 _PACKAGE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9+._-]*)\s*(?:>=\s*([A-Za-z0-9.+~:^_-]+))?\s*$")
@@ -190,17 +190,7 @@ def resolve(plan: TestPlanFile, name: str, stream: str) -> Expectations:
 
 def load_plan(text: str, source: str = "<test plan>") -> TestPlanFile:
     """Parse and validate a plan; errors name the file, line (TOML) or table and field."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise PlanError(f"{source}: not valid TOML: {exc}") from exc
-    try:
-        return TestPlanFile.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"[{'.'.join(str(x) for x in err['loc'])}] {err['msg']}" for err in exc.errors()
-        )
-        raise PlanError(f"{source}: {problems}") from exc
+    return parse_toml(text, TestPlanFile, source, PlanError)
 
 
 #: Used when the tester's config names no plan: what any imgline host image needs.

@@ -10,14 +10,14 @@ the same build_id (the builder builds it once; ``Seen`` spares the second reques
 from __future__ import annotations
 
 import re
-import tomllib
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import cache
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from imgline.core.config import parse_toml
 from imgline.schemas import payloads as p
 from imgline.trigger.domain.forges import Forge, Push
 from imgline.trigger.errors import RulesError
@@ -47,16 +47,7 @@ class Rules(BaseModel):
 
 def load_rules(text: str, path: str = "rules.toml") -> Rules:
     """The rules in ``text`` (TOML); ``RulesError`` naming the file, rule and field."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise RulesError(f"{path}: not TOML: {exc}") from exc
-    try:
-        return Rules.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise RulesError(f"{path}: {where}: {first['msg']}") from exc
+    return parse_toml(text, Rules, path, RulesError)
 
 
 @cache
