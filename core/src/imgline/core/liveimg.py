@@ -503,16 +503,18 @@ def squashfs_command(
     ]
 
 
-def root_fixup_requests(root: Path, shift: tuple[int, int] = (0, 0)) -> list[str]:
+def root_fixup_requests(
+    root: Path, image_ids: Callable[[int, int], tuple[int, int]] | None = None
+) -> list[str]:
     """debugfs requests giving the image's / the owner and mode of the tree's root.
 
     mke2fs 1.47 ``-d`` copies every inode's metadata except the root directory's, which it
-    leaves at 0755 root:root (Fedora's / is 0555). ``shift`` is the host uid and gid of the
-    image's root when a user namespace owns the tree.
+    leaves at 0755 root:root (Fedora's / is 0555). ``image_ids`` turns the host's owner into
+    the image's when a user namespace owns the tree.
     """
     st = root.stat()
     mode = stat.S_IMODE(st.st_mode)
-    uid, gid = st.st_uid - shift[0], st.st_gid - shift[1]
+    uid, gid = image_ids(st.st_uid, st.st_gid) if image_ids else (st.st_uid, st.st_gid)
     if (mode, uid, gid) == (0o755, 0, 0):
         return []
     return [
@@ -525,8 +527,9 @@ def root_fixup_requests(root: Path, shift: tuple[int, int] = (0, 0)) -> list[str
 class Namespace(Protocol):
     """How to run the ext4 steps in the user namespace that owns a tree (``nsimage``)."""
 
-    #: host uid and gid of the image's root
-    shift: tuple[int, int]
+    def image_ids(self, uid: int, gid: int) -> tuple[int, int]:
+        """The image's owner of a file the namespace owns on the host as ``uid:gid``."""
+        ...
 
     def mke2fs(self, argv: list[str]) -> list[str]:
         """``argv`` of mke2fs, run in the namespace with the factory view of /etc in place."""
@@ -566,7 +569,7 @@ def make_ext4(
                 f"(mke2fs ran out of space or inodes): raise --size\n{exc.tail}"
             ) from exc
         raise
-    fixups = root_fixup_requests(root, namespace.shift if namespace else (0, 0))
+    fixups = root_fixup_requests(root, namespace.image_ids if namespace else None)
     if fixups:
         out = _debugfs(
             image, fixups, log_file, write=True, wrap=namespace.inside if namespace else None

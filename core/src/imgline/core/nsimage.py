@@ -62,7 +62,7 @@ class _TreeNamespace:
         self.user = user
         self.root = root
         self.copy_etc = copy_etc
-        self.shift = (user.subuid, user.subgid)
+        self.image_ids = user.image_ids
 
     def mke2fs(self, argv: list[str]) -> list[str]:
         etc, factory = self.root / "etc", self.root / FACTORY_ETC
