@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from imgline.builder.domain.debian import BuildMode
+
 #: Transports a build may fetch a kickstart over. git's others (``ext::``, ``fd::``) run
 #: commands or reach outside the network and are never allowed.
 GitScheme = Literal["https", "http", "ssh", "git", "file"]
@@ -71,7 +73,7 @@ class BuilderConfig(BaseModel):
         pattern=r"^[A-Za-z0-9_-]{1,32}$",
         description="$basearch in the kickstart's url/repo lines",
     )
-    build_mode: Literal["unshare", "root"] = Field(
+    build_mode: BuildMode = Field(
         default="unshare",
         description="unshare: mmdebstrap builds in a user namespace, so kickstart scripts run as "
         "root there, never as the host's root; root: as the host's root (trusted kickstarts "
