@@ -6,9 +6,10 @@ set -euo pipefail
 # rabbitmq-server: the private broker; rpm: the tester reads Fedora/EL package databases (and
 # its tests build a tiny rpm); nginx: deploy/nginx/ is tested under it; ovmf: UEFI firmware for
 # the VM tier's hosts that boot from their own disk; uidmap: newuidmap for unshare-mode builds;
+# prometheus: tests scrape every service with a real one (and promtool checks the alert rules);
 # the rest: image building and the VM tier.
-DEBIAN_PACKAGES=(rabbitmq-server mmdebstrap uidmap squashfs-tools e2fsprogs qemu-system-x86 qemu-utils git python3-pip rpm nginx-light ovmf)
-FEDORA_PACKAGES=(rabbitmq-server mmdebstrap squashfs-tools e2fsprogs qemu-system-x86-core qemu-img git python3-pip rpm-build nginx edk2-ovmf)
+DEBIAN_PACKAGES=(rabbitmq-server mmdebstrap uidmap squashfs-tools e2fsprogs qemu-system-x86 qemu-utils git python3-pip rpm nginx-light ovmf prometheus)
+FEDORA_PACKAGES=(rabbitmq-server mmdebstrap squashfs-tools e2fsprogs qemu-system-x86-core qemu-img git python3-pip rpm-build nginx edk2-ovmf golang-github-prometheus)
 
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then
@@ -24,7 +25,7 @@ if command -v dpkg-query >/dev/null; then
   if [ ${#missing[@]} -gt 0 ]; then
     echo "ensure-deps: installing ${missing[*]}"
     "${sudo_cmd[@]}" apt-get update -qq
-    # policy-rc.d keeps the system broker from starting: imgline runs its own node.
+    # RUNLEVEL=1 keeps the system broker and Prometheus from starting: imgline runs its own.
     DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
 elif command -v rpm >/dev/null; then
