@@ -1,0 +1,188 @@
+"""The ledger's SQLite file: one table of events, written by ``imgline-ledger`` only.
+
+WAL mode lets ``imgline status`` and Prometheus scrapes read while the ledger writes. Every
+event is keyed by its message id, so a redelivered message is recorded once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from imgline.core.errors import ConfigError
+from imgline.core.ledger.events import HOST_TOPICS, TERMINAL, Event
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    topic TEXT NOT NULL,
+    at REAL NOT NULL,
+    recorded_at REAL NOT NULL,
+    build_id TEXT,
+    name TEXT,
+    stream TEXT,
+    version TEXT,
+    host_id TEXT,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_build ON events (build_id, at);
+CREATE INDEX IF NOT EXISTS events_release ON events (name, version, at);
+CREATE INDEX IF NOT EXISTS events_host ON events (host_id, at);
+CREATE INDEX IF NOT EXISTS events_topic ON events (topic, at);
+"""
+_COLUMNS = "id, topic, at, build_id, name, stream, version, host_id, body"
+_HOSTS = ", ".join(f"'{t}'" for t in HOST_TOPICS)
+_ENDS = ", ".join(f"'{t}'" for t in sorted(TERMINAL))
+_HEX = re.compile(r"^[0-9a-f]{1,64}$")
+
+
+def _event(row: sqlite3.Row) -> Event:
+    return Event(
+        id=row["id"],
+        topic=row["topic"],
+        at=row["at"],
+        build_id=row["build_id"],
+        name=row["name"],
+        stream=row["stream"],
+        version=row["version"],
+        host_id=row["host_id"],
+        body=json.loads(row["body"]),
+    )
+
+
+class Ledger:
+    """The event table. ``readonly`` opens an existing file for the CLI and never creates one
+    (a mistyped path must not look like an empty pipeline)."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        try:
+            if readonly:
+                if not path.is_file():
+                    raise ConfigError(
+                        f"no ledger at {path}: point --ledger (or IMGLINE_LEDGER) at the "
+                        "imgline-ledger service's db_path"
+                    )
+                self._db = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=10
+                )
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(path, check_same_thread=False, timeout=10)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open the ledger {path}: {exc}") from exc
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _cursor(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._db
+
+    def record(self, event: Event) -> bool:
+        """Store ``event``; False when its message id was recorded before (a redelivery)."""
+        with self._cursor() as db, db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO events (id, topic, at, recorded_at, build_id, name, "
+                "stream, version, host_id, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.id,
+                    event.topic,
+                    event.at,
+                    time.time(),
+                    event.build_id,
+                    event.name,
+                    event.stream,
+                    event.version,
+                    event.host_id,
+                    json.dumps(event.body, sort_keys=True),
+                ),
+            )
+            return cur.rowcount == 1
+
+    def _select(self, where: str, args: tuple[object, ...] = ()) -> list[Event]:
+        with self._cursor() as db:
+            rows = db.execute(f"SELECT {_COLUMNS} FROM events WHERE {where}", args).fetchall()  # noqa: S608
+        return [_event(r) for r in rows]
+
+    def build_ids(self, prefix: str) -> list[str]:
+        """The builds whose id starts with ``prefix`` (hex only), newest request first."""
+        if not _HEX.match(prefix):
+            raise ConfigError(f"{prefix[:80]!r} is not a build id (hex digits, or a prefix)")
+        with self._cursor() as db:
+            rows = db.execute(
+                "SELECT build_id FROM events WHERE build_id >= ? AND build_id < ? "
+                "GROUP BY build_id ORDER BY MIN(at) DESC LIMIT 20",
+                (prefix, prefix + "g"),
+            ).fetchall()
+        return [r["build_id"] for r in rows]
+
+    def build(self, build_id: str) -> list[Event]:
+        """Every event of one build, oldest first."""
+        return self._select("build_id = ? ORDER BY at, recorded_at", (build_id,))
+
+    def recent_builds(self, limit: int) -> list[str]:
+        """The ``limit`` builds requested or built last, newest first."""
+        with self._cursor() as db:
+            rows = db.execute(
+                "SELECT build_id FROM events WHERE build_id IS NOT NULL "
+                "GROUP BY build_id ORDER BY MAX(at) DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [r["build_id"] for r in rows]
+
+    def host_reports(self, name: str, version: str) -> list[Event]:
+        """Each host's last report about ``version`` of ``name``, oldest first."""
+        return self._select(
+            f"topic IN ({_HOSTS}) AND name = ? AND version = ? AND at = ("  # noqa: S608
+            f"SELECT MAX(e.at) FROM events e WHERE e.host_id = events.host_id "
+            f"AND e.topic IN ({_HOSTS}) AND e.name = ? AND e.version = ?) ORDER BY at",
+            (name, version, name, version),
+        )
+
+    def hosts_now(self) -> list[Event]:
+        """Each host's latest report of all: what it runs now."""
+        return self._select(
+            f"topic IN ({_HOSTS}) AND at = (SELECT MAX(e.at) FROM events e "  # noqa: S608
+            f"WHERE e.host_id = events.host_id AND e.topic IN ({_HOSTS}))"
+        )
+
+    def releases_now(self) -> list[Event]:
+        """The latest ``image.published`` of each image on each stream."""
+        return self._select(
+            "topic = 'image.published' AND at = (SELECT MAX(e.at) FROM events e "
+            "WHERE e.topic = 'image.published' AND e.name = events.name "
+            "AND e.stream = events.stream)"
+        )
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """How many events of each (topic, stream) were recorded; stream is '' when unknown."""
+        with self._cursor() as db:
+            rows = db.execute(
+                "SELECT topic, COALESCE(stream, '') AS stream, COUNT(*) AS n FROM events "
+                "GROUP BY topic, COALESCE(stream, '')"
+            ).fetchall()
+        return {(r["topic"], r["stream"]): r["n"] for r in rows}
+
+    def unfinished(self, since: float) -> list[tuple[str, float]]:
+        """Builds requested after ``since`` that no event has ended yet, with when each was
+        first requested, oldest first."""
+        with self._cursor() as db:
+            rows = db.execute(
+                "SELECT build_id, MIN(at) AS first FROM events WHERE topic = 'build.requested' "  # noqa: S608
+                f"AND at >= ? AND build_id NOT IN (SELECT build_id FROM events WHERE topic IN "
+                f"({_ENDS}) AND build_id IS NOT NULL) GROUP BY build_id ORDER BY first",
+                (since,),
+            ).fetchall()
+        return [(r["build_id"], r["first"]) for r in rows]
