@@ -56,6 +56,21 @@ ROLES: tuple[Role, ...] = (
         publishes=("host.upgraded", "host.upgrade.failed", "host.rolled_back"),
         per_host=True,
     ),
+    # the ledger records every event (imgline status, fleet metrics) and publishes nothing
+    Role(
+        "ledger",
+        consumes=(
+            "build.requested",
+            "build.failed",
+            "image.built",
+            "image.tested",
+            "image.rejected",
+            "image.published.#",
+            "host.upgraded",
+            "host.upgrade.failed",
+            "host.rolled_back",
+        ),
+    ),
 )
 ROLE_BY_USER: dict[str, Role] = {r.user: r for r in ROLES}
 
