@@ -65,12 +65,14 @@ def test_definitions_carry_vhost_users_and_every_queue_but_no_password() -> None
         "tester",
         "publisher",
         "updater",
+        "ledger",
     }
     assert all(u["password_hash"] == "" and u["tags"] == [] for u in defs["users"])
     assert {q["name"] for q in defs["queues"]} == {
         "imgline.builder",
         "imgline.tester",
         "imgline.publisher",
+        "imgline.ledger",
         "imgline.dead-letter",
         "imgline.events",
     }
