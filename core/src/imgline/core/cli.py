@@ -14,7 +14,7 @@ from typing import Any
 
 from tuf.api.metadata import Signed
 
-from imgline.core import logs
+from imgline.core import logs, statuscli
 from imgline.core.broker import PrivateBroker
 from imgline.core.bus import access
 from imgline.core.bus.topology import default_definitions_json
@@ -331,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("-o", "--output", help="write to this file instead of stdout")
     d.set_defaults(func=_definitions)
     _add_repo_parser(sub)
+    statuscli.add_parsers(sub)
     args = parser.parse_args(argv)
     logs.configure(args.log_level)
     try:
