@@ -83,7 +83,7 @@ def test_follow_prints_each_stage_as_it_happens_and_ends_with_the_result(tmp_pat
     out = io.StringIO()
     code, final = statuscli.follow(
         ledger, steps[0].build_id, 3600, out, clock=play.clock, sleep=play.sleep, heartbeat=15
-    )  # type: ignore[attr-defined]
+    )
     assert code == statuscli.EXIT_PUBLISHED and final.state == "published"
     lines = out.getvalue().splitlines()
     assert [line.split()[0] for line in lines if not line.startswith("  …")][:4] == [

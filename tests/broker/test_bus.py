@@ -310,6 +310,7 @@ def test_metrics_are_served_over_http(amqp_url: str, settings: Settings) -> None
     consumer.on(BuildRequestedV1, lambda m: None)
     port = consumer.metrics.serve(0)
     with running(consumer):
+        assert value(consumer.metrics, "imgline_consumer_connected", service="svc") == 1
         publish(s, amqp_url, "m")
         wait_for(
             lambda: (
@@ -328,6 +329,9 @@ def test_metrics_are_served_over_http(amqp_url: str, settings: Settings) -> None
         'imgline_messages_consumed_total{service="svc",topic="imgline.build.requested"} 1.0' in text
     )
     assert "imgline_handler_seconds_bucket" in text
+    # stopped: no longer attached, and it said so
+    assert 'imgline_consumer_connected{service="svc"} 0.0' in text
+    assert 'imgline_broker_connects_total{service="svc"} 1.0' in text
 
 
 def test_broker_restart_reconnects_and_loses_nothing_acknowledged(settings: Settings) -> None:

@@ -69,13 +69,14 @@ class Lab:
         self.backend = FakeBackend(error or BackendError("apt: no package foo"))
         self.store = LocalArtifactStore(tmp / "store")
         self.sent: list[fm_message.Message] = []
+        self.registry = CollectorRegistry()
         self.handler = build_handler(
             BuilderConfig(store_dir=self.store.root, work_dir=tmp / "work", cache_dir=tmp / "c"),
             self.store,
             {"mmdebstrap": self.backend},
             publish=self.sent.append,
             topic_prefix="imgline",
-            metrics=BuildMetrics(CollectorRegistry()),
+            metrics=BuildMetrics(self.registry),
         )
 
     def request(self, kickstart: str = KS) -> p.BuildRequested:
@@ -106,6 +107,16 @@ def test_a_backend_that_fails_for_good_is_build_failed_in_build(tmp_path: Path) 
     log = lab.store.read_record("logs", f"{req.build_id}.log")
     assert log is not None and b"backend started" in log and b"# FAILED in build" in log
     assert not (tmp_path / "work" / req.build_id).exists()
+    # each stage it went through is timed, the failed one too, and nothing after it
+    counts = {
+        stage: lab.registry.get_sample_value(
+            "imgline_build_stage_seconds_count", {"backend": "mmdebstrap", "stage": stage}
+        )
+        for stage in ("fetch", "parse", "build", "assemble")
+    }
+    assert counts == {"fetch": 1.0, "parse": 1.0, "build": 1.0, "assemble": None}
+    failures = {"backend": "mmdebstrap", "result": "failed"}
+    assert lab.registry.get_sample_value("imgline_builds_total", failures) == 1.0
 
 
 def test_a_backend_that_fails_for_now_is_retried_with_its_log_kept(tmp_path: Path) -> None:

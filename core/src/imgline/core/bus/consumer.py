@@ -215,9 +215,12 @@ class Consumer:
             )
             self._conn = conn
             self.connects += 1
+            self.metrics.connects.labels(self.settings.service).inc()
+            self.metrics.connected.labels(self.settings.service).set(1)
             self._ready.set()
             self._loop(conn, channel, tag)
         finally:
+            self.metrics.connected.labels(self.settings.service).set(0)
             self._ready.clear()
             self._conn = self._side = None
             if conn.is_open:

@@ -45,6 +45,18 @@ class BusMetrics:
             buckets=HANDLER_BUCKETS,
             registry=self.registry,
         )
+        self.connected = Gauge(
+            "imgline_consumer_connected",
+            "1 while the service is attached to its queue, 0 while it reconnects or stops",
+            ["service"],
+            registry=self.registry,
+        )
+        self.connects = Counter(
+            "imgline_broker_connects",
+            "Broker sessions opened; more than one means the broker went away in between",
+            ["service"],
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "imgline_messages_in_flight",
             "Deliveries being handled now",

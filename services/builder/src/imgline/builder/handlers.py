@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -50,9 +50,22 @@ BUILD_LOG = "build.log"  # in the work directory while the build runs
 
 @dataclass
 class _Progress:
-    """Which stage a build is in, for the ``build.failed`` it may end with."""
+    """Which stage a build is in, for the ``build.failed`` it may end with, and how long each
+    stage took, for the per-stage histogram (``timed`` gets the stage and its seconds)."""
 
+    timed: Callable[[str, float], None]
     stage: str = "fetch"
+    since: float = field(default_factory=time.monotonic)
+
+    def enter(self, stage: str) -> None:
+        self.end()
+        self.stage = stage
+
+    def end(self) -> None:
+        """The current stage is over (also when it failed)."""
+        now = time.monotonic()
+        self.timed(self.stage, now - self.since)
+        self.since = now
 
 
 class BuildFailure(PermanentError):
@@ -88,6 +101,21 @@ class BuildMetrics:
             buckets=(30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
             registry=registry,
         )
+        self.stage_seconds = Histogram(
+            "imgline_build_stage_seconds",
+            "Time in each build stage (fetch, parse, build, assemble, store), failed ones too",
+            ["backend", "stage"],
+            buckets=(0.1, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=registry,
+        )
+
+    def stage_timer(self, backend: str) -> Callable[[str, float], None]:
+        """What a build calls when a stage ends: the stage's name and its seconds."""
+
+        def observe(stage: str, seconds: float) -> None:
+            self.stage_seconds.labels(backend, stage).observe(seconds)
+
+        return observe
 
 
 class BuildStage:
@@ -167,7 +195,7 @@ class BuildStage:
         req = payload
         log_path = workdir / BUILD_LOG
         started = time.monotonic()
-        progress = _Progress()
+        progress = _Progress(self.metrics.stage_timer(req.backend))
         try:
             with log_path.open("w", encoding="utf-8") as build_log:
                 build_log.write(
@@ -179,6 +207,8 @@ class BuildStage:
                 except ImglineError as exc:
                     build_log.write(f"# FAILED in {progress.stage}: {exc}\n")
                     raise
+                finally:
+                    progress.end()
         except TransientError as exc:
             self._store_log(req.build_id, log_path)
             self.metrics.builds.labels(req.backend, "retried").inc()
@@ -234,7 +264,7 @@ class BuildStage:
         progress: _Progress,
     ) -> p.ImageBuilt:
         src = sources.fetch(req.source, workdir, build_log, self.config.git_schemes)
-        progress.stage = "parse"
+        progress.enter("parse")
         parsed = parse_kickstart(
             src.text,
             path=src.path,
@@ -246,7 +276,7 @@ class BuildStage:
             build_log.write(f"# kickstart warning: {warning}\n")
         if not self.config.allow_host_scripts:
             refuse_host_scripts(parsed.plan)
-        progress.stage = "build"
+        progress.enter("build")
         backend = self.backends.get(req.backend)
         if backend is None:
             raise BackendUnavailableError(
@@ -261,7 +291,7 @@ class BuildStage:
         flat.write_text(parsed.flat_text, encoding="utf-8")
         output = backend.build(parsed.plan, flat, workdir, build_log)
         with _released(output, build_log, keep=self.config.keep_workdir):
-            progress.stage = "assemble"
+            progress.enter("assemble")
             # The version is decided, the image made with it and stored, and only then claimed,
             # all under one lock per image name: a failure or crash on the way claims nothing
             # (no gap), and builders sharing the store take turns (never the same version).
@@ -276,7 +306,7 @@ class BuildStage:
                 self._assemble(
                     output, out, parsed.plan, meta=meta, workdir=workdir, build_log=build_log
                 )
-                progress.stage = "store"
+                progress.enter("store")
                 stored = self.store.put_file(out, move=True)
                 self._claim_version(req, version)
             build_log.write(f"# stored {stored.uri} sha256 {stored.sha256} ({stored.size} bytes)\n")
