@@ -22,6 +22,7 @@ from imgline.core.trust.keys import KeyDir
 from imgline.publisher import http
 from imgline.publisher.adapters.repo import Repository
 from imgline.publisher.handlers import PublishMetrics, PublishStage, StoreVerdicts
+from imgline.publisher.repometrics import RepositoryCollector
 from imgline.publisher.settings import PublisherConfig
 from imgline.schemas.messages import ImageTestedV1
 
@@ -77,6 +78,7 @@ def build_consumer(settings: BusSettings) -> Consumer:
     config, url = service_config(settings, PublisherConfig)
     repository = make_repository(config)
     consumer = Consumer(settings, url)
+    consumer.metrics.registry.register(RepositoryCollector(repository.load))
     RefreshTimer(repository, config.refresh_interval_seconds).start()
     stage = PublishStage(
         config,
