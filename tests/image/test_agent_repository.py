@@ -299,9 +299,17 @@ def test_an_apply_failure_is_reported_with_its_step(repo: Repo) -> None:
     assert report.error == "mkfs.ext4 failed: thin pool full; extend the pool"
     assert report.duration_seconds >= 0
     assert host.reboots == 0
+    # the host's own series say so until the report is sent
+    metric = agent.metrics.registry.get_sample_value
+    assert metric("imgline_host_apply_failures_total", {"step": "copy"}) == 1
+    assert metric("imgline_host_checks_total", {"action": "apply"}) == 1
+    assert metric("imgline_host_reports_pending") == 1
+    running = {"host_id": "h1", "name": "node", "stream": "stable", "version": V1}
+    assert metric("imgline_host_version_info", running) == 1
     # it goes out as host.upgrade.failed when the bus is there
     sent: list[Any] = []
     assert agent.outbox.flush(sent.append, "imgline") == 1
+    assert metric("imgline_host_reports_pending") == 0
     assert [type(m) for m in sent] == [HostUpgradeFailedV1]
     assert sent[0].topic == "imgline.host.upgrade.failed"
 

@@ -68,6 +68,11 @@ class BusSettings(BaseModel):
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     reconnect_max_seconds: float = Field(default=30.0, gt=0)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        pattern=r"^[0-9A-Za-z.:-]{1,253}$",
+        description="address /metrics listens on; 0.0.0.0 (or ::) lets a remote Prometheus in",
+    )
     state_dir: Path | None = Field(default=None, description="where idempotency records live")
     consumer_config: dict[str, Any] = Field(default_factory=dict)
     tls_ca_cert: Path | None = Field(

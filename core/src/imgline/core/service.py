@@ -59,8 +59,8 @@ def run_service(
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     if settings.metrics_port is not None:
-        port = consumer.metrics.serve(settings.metrics_port)
-        log.info("metrics on http://127.0.0.1:%d/metrics", port)
+        port = consumer.metrics.serve(settings.metrics_port, settings.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
     consumer.install_signal_handlers()
     consumer.run()
     return 0

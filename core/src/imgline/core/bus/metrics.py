@@ -66,6 +66,11 @@ class BusMetrics:
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> int:
         """Expose ``/metrics`` over HTTP; returns the bound port (``0`` picks a free one)."""
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
-        bound: int = server.server_address[1]
-        return bound
+        return serve_metrics(self.registry, port, addr)
+
+
+def serve_metrics(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1") -> int:
+    """``/metrics`` of ``registry`` on a daemon thread; returns the bound port."""
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    bound: int = server.server_address[1]
+    return bound

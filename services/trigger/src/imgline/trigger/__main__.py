@@ -60,8 +60,8 @@ def build_app(settings: BusSettings) -> tuple[web.Application, TriggerConfig, Pu
     webhook = Webhook(rules, _secrets(config), seen, publish, WebhookMetrics(metrics.registry))
     log.info("%d rule(s) from %s", len(rules.rule), config.rules_file)
     if settings.metrics_port is not None:
-        port = metrics.serve(settings.metrics_port)
-        log.info("metrics on http://127.0.0.1:%d/metrics", port)
+        port = metrics.serve(settings.metrics_port, settings.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
     return make_app(webhook, config.max_body_bytes), config, publisher
 
 

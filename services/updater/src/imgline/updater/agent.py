@@ -24,7 +24,10 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
+from prometheus_client import CollectorRegistry
+
 from imgline.core.bus import Consumer, Publisher, topology
+from imgline.core.bus.metrics import serve_metrics
 from imgline.core.config import BusSettings
 from imgline.core.errors import ConfigError, ImglineError, TransientError
 from imgline.core.trust.client import RepositoryClient
@@ -36,6 +39,7 @@ from imgline.schemas.payloads import utcnow
 from imgline.updater import hostlock
 from imgline.updater.domain.policy import Candidate, HostView, Verdict, decide
 from imgline.updater.errors import UpdaterError
+from imgline.updater.metrics import HostMetrics
 from imgline.updater.outbox import Outbox
 from imgline.updater.settings import HostConfig
 
@@ -76,6 +80,7 @@ class Agent:
         outbox: Outbox,
         *,
         clock: Callable[[], datetime] = utcnow,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.config = config
         self.host_id = host_id
@@ -83,6 +88,9 @@ class Agent:
         self.host = host
         self.outbox = outbox
         self.clock = clock
+        self.metrics = HostMetrics(
+            registry or CollectorRegistry(), lambda: len(self.outbox.pending())
+        )
         self.downloads = config.state_dir / "downloads"
         self._lock = threading.Lock()
 
@@ -128,6 +136,14 @@ class Agent:
         )
         verdict = decide(self.config, self.host_id, candidate, view, manual=manual)
         log.info("check (%s): %s: %s", reason, verdict.action, verdict.reason)
+        self.metrics.checked(
+            verdict.action,
+            host_id=self.host_id,
+            name=self.config.name,
+            stream=self.config.stream,
+            running=view.running_version,
+            at=view.now.timestamp(),
+        )
         if verdict.action == "skip" or manifest is None:
             return verdict
         started = time.monotonic()
@@ -216,6 +232,7 @@ class Agent:
     ) -> None:
         step = exc.step or "apply"
         log.error("%s not applied: failed at %s: %s", manifest.version, step, exc)
+        self.metrics.failures.labels(step).inc()
         self.outbox.put(
             p.HostUpgradeFailed(
                 host_id=self.host_id,
@@ -329,11 +346,13 @@ def make_agent(
     host_id: str,
     client: RepositoryClient | None,
     clock: Callable[[], datetime],
+    *,
+    registry: CollectorRegistry | None = None,
 ) -> Agent:
     """The agent with the host's pinned-root TUF client (unless a test brings its own)."""
     if client is None:
         client = RepositoryClient.for_base_url(config.repository_url, config.tuf_dir)
-    return Agent(config, host_id, client, host, outbox_of(config), clock=clock)
+    return Agent(config, host_id, client, host, outbox_of(config), clock=clock, registry=registry)
 
 
 class AgentService:
@@ -356,9 +375,11 @@ class AgentService:
             raise ConfigError("the updater agent needs a broker: set amqp_url or IMGLINE_AMQP_URL")
         self.settings = agent_settings(bus, host_id)
         self.config = config
-        self.agent = make_agent(config, host, host_id, client, clock)
-        self.outbox = self.agent.outbox
         self.consumer = Consumer(self.settings, bus.amqp_url)
+        self.agent = make_agent(
+            config, host, host_id, client, clock, registry=self.consumer.metrics.registry
+        )
+        self.outbox = self.agent.outbox
         self.consumer.on(
             ImagePublishedV1, self.on_published, topic=ImagePublishedV1.binding(config.stream)
         )
@@ -438,14 +459,19 @@ def run(bus: BusSettings, config: HostConfig, host: Host) -> int:
     try:
         host_id = machine_id(config)
         if not bus.amqp_url:
-            return _run_pull_only(PullAgent(config, host, host_id=host_id), config)
+            pull = PullAgent(config, host, host_id=host_id)
+            if bus.metrics_port is not None:
+                registry = pull.agent.metrics.registry
+                port = serve_metrics(registry, bus.metrics_port, bus.metrics_host)
+                log.info("metrics on http://%s:%d/metrics", bus.metrics_host, port)
+            return _run_pull_only(pull, config)
         service = AgentService(bus, config, host, host_id=host_id)
     except ImglineError as exc:
         print(f"imgline-updater: {exc}", file=sys.stderr)
         return 2
     if bus.metrics_port is not None:
-        port = service.consumer.metrics.serve(bus.metrics_port)
-        log.info("metrics on http://127.0.0.1:%d/metrics", port)
+        port = service.consumer.metrics.serve(bus.metrics_port, bus.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", bus.metrics_host, port)
     log.info(
         "agent for host %s: %s on stream %s from %s, policy %s, queue %s",
         service.agent.host_id,
