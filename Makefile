@@ -5,7 +5,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON_PREFERENCE := only-system
 PYTEST_ARGS ?=
 
-.PHONY: deps sync lint test unit broker demo bench schemas definitions clean
+.PHONY: deps sync lint test unit broker demo bench schemas definitions dashboard clean
 
 deps:
 	@scripts/ensure-deps.sh
@@ -16,7 +16,7 @@ sync: deps
 lint: sync
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
-	$(UV) run --frozen mypy schemas/src core/src services/*/src
+	$(UV) run --frozen mypy schemas/src core/src services/*/src deploy/grafana/dashboard.py
 
 # Every tier (unit, broker, image, vm) runs; none is skipped.
 test: lint
@@ -44,6 +44,8 @@ schemas: sync
 	$(UV) run --frozen python -m imgline.schemas.export schemas/json
 definitions: sync
 	$(UV) run --frozen imgline definitions -o deploy/rabbitmq/definitions.json
+dashboard: sync
+	$(UV) run --frozen python deploy/grafana/dashboard.py
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
