@@ -72,14 +72,14 @@ class Push(BaseModel):
     @field_validator("branch")
     @classmethod
     def _branch(cls, value: str) -> str:
-        if not _BRANCH.match(value):
+        if not _BRANCH.fullmatch(value):
             raise ValueError(f"branch name {value[:80]!r} is not one imgline builds")
         return value
 
     @field_validator("repository")
     @classmethod
     def _repository(cls, value: str) -> str:
-        if not _REPOSITORY.match(value):
+        if not _REPOSITORY.fullmatch(value):
             raise ValueError(f"repository name {value[:80]!r} is not a forge's owner/name")
         return value
 
