@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from forgemessages import (
     END,
@@ -12,14 +14,17 @@ from forgemessages import (
     pagure_project,
     pagure_receive,
 )
+from pika.spec import Basic, BasicProperties
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from imgline.core.bus.policy import Verdict
+from imgline.core.config import BusSettings
 from imgline.core.errors import BrokerUnavailableError
 from imgline.schemas import payloads as p
+from imgline.trigger.adapters.forgebus import ForgeBusConsumer, forge_settings, forge_topology
 from imgline.trigger.domain.rules import Seen, load_rules
-from imgline.trigger.forgebus import RESULTS, ForgeBus, ForgeBusMetrics
+from imgline.trigger.forgebus import RESULTS, ForgeBus, ForgeBusMetrics, Outcome
 from imgline.trigger.settings import ForgeBusConfig, TriggerConfig
 
 pytestmark = pytest.mark.unit
@@ -142,3 +147,75 @@ def test_the_forge_bus_is_off_unless_configured_and_checked_when_it_is() -> None
     ):
         with pytest.raises(ValidationError):
             ForgeBusConfig.model_validate(base | wrong)
+
+
+class FakeChannel:
+    """Records how deliveries are settled (the broker test settles them on RabbitMQ)."""
+
+    def __init__(self) -> None:
+        self.settled: list[tuple[str, int, bool]] = []
+
+    def basic_ack(self, tag: int) -> None:
+        self.settled.append(("ack", tag, False))
+
+    def basic_reject(self, tag: int, requeue: bool) -> None:
+        self.settled.append(("reject", tag, requeue))
+
+    def basic_nack(self, tag: int, requeue: bool) -> None:
+        self.settled.append(("nack", tag, requeue))
+
+
+def deliver(
+    handle: Any, config: dict[str, Any] | None = None, stopping: bool = False
+) -> list[tuple[str, int, bool]]:
+    bus = ForgeBusConfig.model_validate(
+        {"format": "pagure", "exchange": "forge", "queue": "q", "routing_keys": ["#"]}
+        | (config or {})
+    )
+    settings = BusSettings(service="trigger", amqp_url="amqp://localhost/imgline")
+    consumer = ForgeBusConsumer(bus, settings, handle, retry_seconds=0)
+    if stopping:
+        consumer.stop()
+    channel = FakeChannel()
+    method = Basic.Deliver(delivery_tag=7, routing_key=PAGURE_TOPIC, exchange="forge")
+    props = BasicProperties(message_id=MESSAGE_ID, headers=HEADERS)
+    consumer._on_message(None, channel, method, props, b"{}")  # type: ignore[arg-type]
+    return channel.settled
+
+
+def test_the_consumer_settles_each_verdict() -> None:
+    def outcome(verdict: Verdict) -> Any:
+        return lambda *_: Outcome(verdict, "x", "why")
+
+    assert deliver(outcome(Verdict.ACK)) == [("ack", 7, False)]
+    assert deliver(outcome(Verdict.REQUEUE)) == [("reject", 7, True)]
+    # no dead-letter exchange configured: rejected without requeue (and logged with its body)
+    assert deliver(outcome(Verdict.DEAD_LETTER)) == [("reject", 7, False)]
+    # arrived while stopping: handed back untouched
+    assert deliver(outcome(Verdict.ACK), stopping=True) == [("nack", 7, True)]
+
+
+def test_a_decision_that_crashes_dead_letters_the_message_and_the_consumer_lives_on() -> None:
+    def crash(*_: object) -> Outcome:
+        raise RuntimeError("a parser bug")
+
+    assert deliver(crash) == [("reject", 7, False)]
+
+
+def test_the_forge_queue_is_bound_to_each_key_and_dead_letters_where_configured() -> None:
+    bus = ForgeBusConfig(
+        format="distgit",
+        exchange="amq.topic",
+        queue="imgline.trigger.distgit",
+        routing_keys=("org.fedoraproject.prod.git.receive", "org.fedoraproject.stg.git.receive"),
+        dead_letter_exchange="forge.dlx",
+    )
+    topo = forge_topology(bus)
+    [queue] = topo.queues
+    assert queue.arguments["x-dead-letter-exchange"] == "forge.dlx"
+    assert [b.routing_key for b in topo.bindings] == list(bus.routing_keys)
+    assert topo.expects == ("amq.topic", "forge.dlx") and topo.exchanges == ()
+    settings = BusSettings(service="trigger", amqp_url="amqp://pipeline/imgline")
+    assert forge_settings(bus, settings) == (settings, "amqp://pipeline/imgline")
+    own = bus.model_copy(update={"amqp_url": "amqp://reader@forge-broker/forge"})
+    assert forge_settings(own, settings)[1] == "amqp://reader@forge-broker/forge"

@@ -88,6 +88,8 @@ class ForgeBusConsumer:
     ) -> None:
         self.config = config
         self.settings, self.url = forge_settings(config, settings)
+        # made now, so unreadable TLS files are a ConfigError at start, not a dead thread
+        self.parameters = connection_parameters(self.url, self.settings)
         self.handle = handle
         self.retry_seconds = retry_seconds
         self._stop = threading.Event()
@@ -122,7 +124,7 @@ class ForgeBusConsumer:
         log.info("forge bus consumer of %s stopped", self.config.queue)
 
     def _session(self) -> None:
-        conn = pika.BlockingConnection(connection_parameters(self.url, self.settings))
+        conn = pika.BlockingConnection(self.parameters)
         try:
             channel = conn.channel()
             if self.config.declare:
@@ -198,7 +200,8 @@ class ForgeBusConsumer:
         reason: str,
     ) -> None:
         """A copy with the reason to the dead-letter exchange, then ack; without one (or if it
-        refuses), reject: the queue's own dead-lettering keeps it, and the log has the reason."""
+        refuses), reject: the queue's own dead-lettering keeps it if it has one, and the log
+        has the reason and the body."""
         dlx = self.config.dead_letter_exchange
         if dlx:
             headers = dict(props.headers) if isinstance(props.headers, dict) else {}
@@ -232,4 +235,11 @@ class ForgeBusConsumer:
                 log.error("forge message %s dead-lettered to %s: %s", props.message_id, dlx, reason)
                 return
         channel.basic_reject(tag, requeue=False)
-        log.error("forge message %s rejected: %s", props.message_id, reason)
+        # no copy kept on the bus (unless the queue dead-letters on its own): keep it here
+        log.error(
+            "forge message %s on %s rejected: %s; its body: %r",
+            props.message_id,
+            topic,
+            reason,
+            body[:4000],
+        )
