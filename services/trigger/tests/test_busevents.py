@@ -200,7 +200,7 @@ def test_bodies_that_are_no_push_message_are_refused(fmt: busevents.BusFormat, b
 
 
 @pytest.mark.parametrize(
-    "message_id", [None, 7, "", "-x", "a b", "a\nb", "x" * 200, "ok-1\x00", b"bytes"]
+    "message_id", [None, 7, "", "-x", "a b", "a\nb", "ok\n", "x" * 200, "ok-1\x00", b"bytes"]
 )
 def test_an_odd_message_id_is_left_out_of_the_request(message_id: object) -> None:
     headers = fm_headers("pagure.git.receive")

@@ -139,6 +139,7 @@ def test_the_forge_bus_is_off_unless_configured_and_checked_when_it_is() -> None
         {"format": "svn"},
         {"routing_keys": []},
         {"routing_keys": ["a b"]},
+        {"routing_keys": ["a.b\n"]},
         {"queue": "-q"},
         {"amqp_url": "http://broker"},
         {"amqp_url": "amqps://broker"},  # no CA to verify it with

@@ -48,7 +48,7 @@ class ForgeBusConfig(BaseModel):
     @classmethod
     def _keys(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
         for key in keys:
-            if not re.match(_KEY, key):
+            if not re.fullmatch(_KEY, key):
                 raise ValueError(f"routing key {key[:80]!r} is not an AMQP topic binding key")
         return keys
 

@@ -38,7 +38,7 @@ BusFormat = Literal["pagure", "distgit", "github", "gitlab", "gitea", "forgejo"]
 BUS_FORMATS: tuple[BusFormat, ...] = ("pagure", "distgit", "github", "gitlab", "gitea", "forgejo")
 
 #: What a message id may be to become part of a request id; others are left out.
-_MESSAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_MESSAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 #: A full commit id (sha1 or sha256): what a build is pinned to.
 _SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 #: More changed files than this in one commit: counted as touching every path.
@@ -47,7 +47,7 @@ MAX_PATHS = 10_000
 
 def delivery_id(message_id: object) -> str | None:
     """The message id when it is a plain token (fedora-messaging sends a UUID), else None."""
-    if isinstance(message_id, str) and _MESSAGE_ID.match(message_id):
+    if isinstance(message_id, str) and _MESSAGE_ID.fullmatch(message_id):
         return message_id
     return None
 
