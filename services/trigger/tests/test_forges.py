@@ -79,6 +79,7 @@ def test_gitlab_lists_at_most_twenty_commits_so_paths_are_incomplete() -> None:
         "a..b",
         "a b",
         "a\nb",
+        "main\n",
         "x/",
         "a;rm -rf /",
         "é" * 3,
@@ -100,6 +101,9 @@ def test_hostile_branch_names_are_refused(branch: str) -> None:
         json.dumps({"ref": "refs/heads/main"}).encode(),
         json.dumps(github_push(after="$(reboot)")).encode(),
         json.dumps(github_push(repository={})).encode(),
+        json.dumps(github_push(after=AFTER + "\n")).encode(),
+        json.dumps(github_push(repository={"full_name": "-oProxyCommand=x"})).encode(),
+        json.dumps(github_push(repository={"full_name": "acme/../../etc"})).encode(),
         json.dumps(github_push(commits=[{"added": "a-string"}])).encode(),
     ],
 )

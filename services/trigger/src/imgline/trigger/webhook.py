@@ -14,11 +14,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from imgline.core.errors import ImglineError
 from imgline.schemas import payloads as p
+from imgline.trigger.dispatch import dispatch
 from imgline.trigger.domain import forges
 from imgline.trigger.domain.forges import Forge
-from imgline.trigger.domain.rules import Rules, Seen, requests
+from imgline.trigger.domain.rules import Rules, Seen
 from imgline.trigger.errors import PayloadError, SignatureError
 
 log = logging.getLogger(__name__)
@@ -93,31 +93,16 @@ class Webhook:
         if push is None:
             ignored = {"ignored": f"{forge} {event[:40]} event: nothing to build"}
             return forge, Answer(200, ignored), "no_build"
-        wanted = requests(self.rules, push)
-        sent, repeated = [], []
-        for req in wanted:
-            if not self.seen.first(req.build_id):
-                repeated.append(req.build_id)
-                continue
-            try:
-                self.publish(req)
-            except ImglineError as exc:
-                self.seen.forget(req.build_id)  # the forge's retry must get through
-                log.error("build.requested for %s not sent: %s", req.name, exc)
-                answer = Answer(503, {"error": "the bus did not take the request; retry"})
-                return forge, answer, "bus_unavailable"
-            sent.append(req.build_id)
-            log.info(
-                "build_id=%s requested: %s %s@%s (%s push %s)",
-                req.build_id,
-                req.name,
-                push.repository,
-                push.commit[:12],
-                forge,
-                push.delivery or "-",
-            )
+        done = dispatch(self.rules, push, self.seen, self.publish)
+        if done.failure is not None:
+            answer = Answer(503, {"error": "the bus did not take the request; retry"})
+            return forge, answer, done.result
         answer = Answer(
-            202 if sent else 200,
-            {"requested": sent, "already_requested": repeated, "rules_matched": len(wanted)},
+            202 if done.sent else 200,
+            {
+                "requested": done.sent,
+                "already_requested": done.repeated,
+                "rules_matched": done.matched,
+            },
         )
-        return forge, answer, "requested" if sent else "repeated" if repeated else "no_build"
+        return forge, answer, done.result

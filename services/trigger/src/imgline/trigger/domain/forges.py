@@ -16,12 +16,16 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from imgline.trigger.errors import PayloadError, SignatureError
 
+#: The forges that send signed webhooks.
 Forge = Literal["github", "gitlab", "gitea", "forgejo"]
 FORGES: tuple[Forge, ...] = ("github", "gitlab", "gitea", "forgejo")
+#: Where a push can come from: a webhook forge, or Pagure (and Fedora dist-git), which
+#: announces pushes on a message bus instead (``imgline.trigger.domain.busevents``).
+Origin = Literal["github", "gitlab", "gitea", "forgejo", "pagure"]
 
 #: The event header of each forge, and the value it has for a push. Forgejo also sends
 #: Gitea's headers, so it is looked for first.
@@ -42,6 +46,9 @@ _SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 #: What a branch name may hold here: git's rules, and nothing a shell or an option parser
 #: could take for something else (no leading "-", no spaces or control characters).
 _BRANCH = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)[A-Za-z0-9._/+-]{1,200}(?<![./])$")
+#: A repository's name as forges spell it (GitHub, GitLab, Gitea and Pagure allow no more:
+#: Pagure's ``forks/<user>/rpms/gcc-c++`` is the widest), never starting with "-" or "/".
+_REPOSITORY = re.compile(r"^(?![-/.])(?!.*\.\.)(?!.*//)[A-Za-z0-9._/+~-]{1,255}(?<!/)$")
 
 
 class Push(BaseModel):
@@ -49,17 +56,45 @@ class Push(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    forge: Forge
+    forge: Origin
     repository: str = Field(
         min_length=1, max_length=255, description="owner/name, as the forge says"
     )
     branch: str
     commit: str = Field(pattern=_SHA.pattern, description="the branch's new head")
     changed_paths: frozenset[str] = frozenset()
-    #: False when the forge left commits out of the event (GitLab lists 20 at most): path
-    #: rules then match, so that a push is never missed
+    #: False when the forge left commits out of the event (GitLab lists 20 at most), or
+    #: names no files at all (Pagure's bus messages): path rules then match, so that a push
+    #: is never missed
     paths_complete: bool = True
     delivery: str | None = None
+
+    @field_validator("branch")
+    @classmethod
+    def _branch(cls, value: str) -> str:
+        if not _BRANCH.fullmatch(value):
+            raise ValueError(f"branch name {value[:80]!r} is not one imgline builds")
+        return value
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, value: str) -> str:
+        if not _REPOSITORY.fullmatch(value):
+            raise ValueError(f"repository name {value[:80]!r} is not a forge's owner/name")
+        return value
+
+
+def make_push(**fields: Any) -> Push:
+    """A ``Push`` of fields read from an event; ``PayloadError`` naming what is wrong, so a
+    caller never meets pydantic's exceptions for what a sender wrote."""
+    try:
+        return Push.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}"
+            for err in exc.errors(include_url=False, include_input=False)
+        )
+        raise PayloadError(f"not a push imgline can use: {problems}"[:2000]) from exc
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -79,6 +114,12 @@ def detect(headers: Mapping[str, str]) -> tuple[Forge, str]:
         "not a webhook of GitHub, GitLab, Gitea or Forgejo (no X-GitHub-Event, X-Gitlab-Event, "
         "X-Forgejo-Event or X-Gitea-Event header)"
     )
+
+
+def forwarded_event(forge: Forge, headers: Mapping[str, str]) -> str:
+    """The event name in the headers of a webhook a relay forwarded; a push when it kept none."""
+    header, push = next((h, v) for f, h, v in _EVENT_HEADERS if f == forge)
+    return _header(headers, header) or push
 
 
 def _hmac_hex(secret: str, body: bytes) -> str:
@@ -158,7 +199,7 @@ def parse(forge: Forge, event: str, headers: Mapping[str, str], body: bytes) -> 
     if forge == "gitlab" and isinstance(data.get("total_commits_count"), int):
         complete = complete and data["total_commits_count"] <= len(data.get("commits") or [])
     delivery = next((v for h in _DELIVERY_HEADERS[forge] if (v := _header(headers, h))), None)
-    return Push(
+    return make_push(
         forge=forge,
         repository=name,
         branch=branch,

@@ -10,6 +10,7 @@ the same build_id (the builder builds it once; ``Seen`` spares the second reques
 from __future__ import annotations
 
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import cache
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from imgline.core.config import parse_toml
 from imgline.schemas import payloads as p
-from imgline.trigger.domain.forges import Forge, Push
+from imgline.trigger.domain.forges import Origin, Push
 from imgline.trigger.errors import RulesError
 
 
@@ -30,7 +31,7 @@ class Rule(BaseModel):
 
     repository: str = Field(min_length=1, description="owner/name as the forge says; * ? ** globs")
     url: str = Field(min_length=1, description="where the builder clones the repository from")
-    forge: Forge | None = Field(default=None, description="only events of this forge")
+    forge: Origin | None = Field(default=None, description="only pushes from this forge")
     branches: tuple[str, ...] = Field(default=("main",), min_length=1)
     paths: tuple[str, ...] = Field(default=(), description="changed paths that count; none: any")
     name: p.ImageName
@@ -116,26 +117,31 @@ def requests(rules: Rules, push: Push) -> list[p.BuildRequested]:
 
 class Seen:
     """The build_ids requested lately (at most ``size``, for ``seconds``): a push the forge
-    delivers again within that time is not requested again."""
+    delivers again within that time is not requested again. Shared by the webhook's worker
+    threads and the bus consumer's thread, so one lock makes each check-and-remember one step:
+    the same push arriving both ways at once is still requested once."""
 
     def __init__(self, size: int, seconds: float, clock: Callable[[], float]) -> None:
         self.size = size
         self.seconds = seconds
         self.clock = clock
         self._when: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
 
     def first(self, build_id: str) -> bool:
         """True the first time ``build_id`` is seen within the window (and remember it)."""
-        now = self.clock()
-        while self._when and (
-            len(self._when) >= self.size or now - next(iter(self._when.values())) > self.seconds
-        ):
-            self._when.popitem(last=False)
-        if build_id in self._when:
-            return False
-        self._when[build_id] = now
-        return True
+        with self._lock:
+            now = self.clock()
+            while self._when and (
+                len(self._when) >= self.size or now - next(iter(self._when.values())) > self.seconds
+            ):
+                self._when.popitem(last=False)
+            if build_id in self._when:
+                return False
+            self._when[build_id] = now
+            return True
 
     def forget(self, build_id: str) -> None:
         """Let ``build_id`` through again (its request was never sent)."""
-        self._when.pop(build_id, None)
+        with self._lock:
+            self._when.pop(build_id, None)
