@@ -1,0 +1,25 @@
+#!/bin/sh
+# The accounts of imgline's container images, with the same ids in every image, so that the
+# volumes they share (the artifact store above all) have one owner whichever image made them.
+# With a tmpfiles.d file as argument, also makes the directories of its "d" lines, as
+# systemd-tmpfiles does on a machine with systemd (deploy/systemd/tmpfiles.d/imgline.conf).
+set -eu
+
+account() {
+  groupadd --gid "$2" "$1"
+  useradd --uid "$2" --gid "$2" --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin "$1"
+}
+account imgline-build 10001
+account imgline-test 10002
+account imgline-publish 10003
+account imgline-trigger 10004
+account imgline-ledger 10005
+# the tester writes beside the builder in the store's shared directories
+usermod --append --groups imgline-build imgline-test
+
+if [ $# -gt 0 ]; then
+  grep '^d ' "$1" | while read -r _type path mode user group _age; do
+    install -d -m "$mode" -o "$user" -g "$group" "$path"
+  done
+fi
