@@ -137,7 +137,7 @@ def test_a_containerfile_installs_its_package_and_its_tools(service: str) -> Non
 
 def test_the_context_leaves_out_caches_and_secrets() -> None:
     ignored = (REPO / ".dockerignore").read_text().split()
-    for path in (".venv", ".cache", ".git", "deploy/tls"):
+    for path in (".venv", ".cache", ".git", "deploy/tls", "deploy/secrets"):
         assert path in ignored
 
 
