@@ -185,6 +185,7 @@ def test_rabbitmq_gets_the_definitions_where_its_configuration_loads_them() -> N
     conf = (DEPLOY / "rabbitmq" / "rabbitmq.conf").read_text()
     [load] = re.findall(r"^load_definitions = (\S+)$", conf, re.M)
     mounts = dict((t, s) for s, t in bind_mounts(services()["rabbitmq"]))
+    assert mounts["/etc/rabbitmq/conf.d/10-defaults.conf"] == "./rabbitmq/rabbitmq.conf"
     assert mounts[load] == "./rabbitmq/definitions.json"
     tls_files = re.findall(r"^ssl_options\.\w+file = (\S+)$", conf, re.M)
     assert tls_files
