@@ -5,9 +5,12 @@
 # systemd-tmpfiles does on a machine with systemd (deploy/systemd/tmpfiles.d/imgline.conf).
 set -eu
 
+# --system: no subordinate ids; only imgline-build gets them, from scripts/ensure-build-user.sh
+# (useradd warns that the ids are above the system range, which is what we want: no clash
+# with the accounts of packages)
 account() {
-  groupadd --gid "$2" "$1"
-  useradd --uid "$2" --gid "$2" --no-create-home --home-dir /nonexistent \
+  groupadd --system --gid "$2" "$1"
+  useradd --system --uid "$2" --gid "$2" --no-create-home --home-dir /nonexistent \
     --shell /usr/sbin/nologin "$1"
 }
 account imgline-build 10001

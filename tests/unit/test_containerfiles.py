@@ -166,5 +166,9 @@ def test_the_accounts_script_makes_the_stores_directories_as_tmpfiles_does(
         in made
     )
     assert "usermod --append --groups imgline-build imgline-test" in commands
-    uids = [c.split()[2] for c in commands if c.startswith("useradd ")]
+    uids = [
+        words[words.index("--uid") + 1]
+        for words in (c.split() for c in commands)
+        if words[0] == "useradd"
+    ]
     assert len(uids) == len(set(uids)) == 5
