@@ -7,9 +7,10 @@ set -euo pipefail
 # its tests build a tiny rpm); nginx: deploy/nginx/ is tested under it; ovmf: UEFI firmware for
 # the VM tier's hosts that boot from their own disk; uidmap: newuidmap for unshare-mode builds;
 # prometheus: tests scrape every service with a real one (and promtool checks the alert rules);
+# systemd: systemd-analyze, -sysusers and -tmpfiles check deploy/systemd (no init is started);
 # the rest: image building and the VM tier.
-DEBIAN_PACKAGES=(rabbitmq-server mmdebstrap uidmap squashfs-tools e2fsprogs qemu-system-x86 qemu-utils git python3-pip rpm nginx-light ovmf prometheus)
-FEDORA_PACKAGES=(rabbitmq-server mmdebstrap squashfs-tools e2fsprogs qemu-system-x86-core qemu-img git python3-pip rpm-build nginx edk2-ovmf golang-github-prometheus)
+DEBIAN_PACKAGES=(rabbitmq-server mmdebstrap uidmap squashfs-tools e2fsprogs qemu-system-x86 qemu-utils git python3-pip rpm nginx-light ovmf prometheus systemd)
+FEDORA_PACKAGES=(rabbitmq-server mmdebstrap squashfs-tools e2fsprogs qemu-system-x86-core qemu-img git python3-pip rpm-build nginx edk2-ovmf golang-github-prometheus systemd)
 
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then

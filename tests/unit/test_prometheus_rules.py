@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,16 @@ def test_the_rules_use_only_documented_series() -> None:
     families = {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in used}
     documented = {re.sub(r"_total$", "", n) for n in documented_series()}
     assert families <= documented, f"undocumented: {sorted(families - documented)}"
+
+
+def test_the_scrape_config_finds_each_service_on_its_example_port() -> None:
+    config = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    for job in config["scrape_configs"]:
+        name = job["job_name"]
+        example = tomllib.loads((ROOT / "deploy" / "config" / f"{name}.toml").read_text())
+        if name == "updater":  # one target per host, from the inventory
+            assert job["file_sd_configs"] == [{"files": ["hosts/*.yml"]}]
+            assert example["metrics_port"] == 9415
+            continue
+        [target] = job["static_configs"][0]["targets"]
+        assert target == f"127.0.0.1:{example['metrics_port']}", name

@@ -18,6 +18,7 @@ from imgline.builder.settings import BuilderConfig
 from imgline.core.bus.topology import BROKER_LIMIT_MARGIN
 from imgline.core.config import BusSettings, load_settings
 from imgline.core.errors import ConfigError
+from imgline.ledger.settings import LedgerConfig
 from imgline.publisher.settings import PublisherConfig
 from imgline.tester.domain.plan import load_plan
 from imgline.tester.settings import TesterConfig
@@ -32,16 +33,17 @@ MODELS: dict[str, type[BaseModel] | None] = {
     "tester": TesterConfig,
     "publisher": PublisherConfig,
     "trigger": TriggerConfig,
-    "ledger": None,
+    "ledger": LedgerConfig,
     "updater": HostConfig,
 }
-#: The metrics ports by convention; the updater has none yet.
+#: The metrics ports by convention (deploy/prometheus/prometheus.yml scrapes them).
 METRICS_PORTS = {
     "trigger": 9410,
     "builder": 9411,
     "tester": 9412,
     "publisher": 9413,
     "ledger": 9414,
+    "updater": 9415,
 }
 DEFINITIONS = DEPLOY / "rabbitmq" / "definitions.json"
 
@@ -64,7 +66,7 @@ def test_every_service_has_an_example_and_a_model() -> None:
 def test_an_example_loads_through_the_services_own_settings(service: str) -> None:
     settings, config = load(service)
     assert settings.service == service
-    assert config is not None or MODELS[service] is None
+    assert config is not None
     assert settings.metrics_port == METRICS_PORTS.get(service)
     # TLS as deploy/rabbitmq/rabbitmq.conf requires: a client certificate for every service
     assert settings.tls_ca_cert is not None
@@ -96,7 +98,7 @@ def test_the_ledger_example_names_its_database_in_its_state_directory() -> None:
     assert settings.consumer_config == {"db_path": "/var/lib/imgline/ledger/ledger.sqlite3"}
 
 
-@pytest.mark.parametrize("service", ["builder", "tester", "publisher"])
+@pytest.mark.parametrize("service", ["builder", "tester", "publisher", "ledger"])
 def test_a_consumers_queue_is_the_one_the_definitions_declare(service: str) -> None:
     """A service declares its queue with its own arguments; the broker refuses the declaration
     when the definitions made it with others, so the example must keep them equal."""
