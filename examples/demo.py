@@ -1,9 +1,11 @@
 """``make demo``: the pipeline as far as it exists, on embedded defaults.
 
-A private RabbitMQ node, the builder and tester services, a local artefact store under
-.cache/demo/, and a "vendor repository" (a git repo made here holding examples/node.ks, as a
-push would leave it):
-1. build.requested for examples/node.ks  → the builder makes a real liveimg → image.built
+A private RabbitMQ node, the builder, tester, publisher and ledger services (each serving its
+metrics), a private Prometheus scraping them with deploy/prometheus's alert rules, a local
+artefact store under .cache/demo/, and a "vendor repository" (a git repo made here holding
+examples/node.ks, as a push would leave it):
+1. ``imgline build request --follow`` for examples/node.ks, with the CLI's live view of the
+   stages → the builder makes a real liveimg → image.built
 2. the tester checks it (integrity, content per examples/test-plan.toml, a live boot in qemu)
    → image.tested with every check and a JUnit report
 3. the publisher signs it into a TUF repository (.cache/demo/repo, served over HTTP on loopback)
@@ -15,6 +17,8 @@ push would leave it):
    (GRUB, LVM thin layers); booted, its agent finds the new release in the signed repository,
    applies it as a new layer, reboots into it, passes its health check and reports
    host.upgraded on the bus
+7. ``imgline status`` traces the build from its request to that host, and Prometheus shows the
+   fleet's versions through the ledger
 Needs root: the builder runs its builds as the unprivileged user imgline-build (made by
 ``make deps``), in that user's namespace, and switches to it from root. First run: several
 minutes (packages download into .cache/apt/, reused afterwards; the guests run under TCG).
@@ -40,17 +44,22 @@ from urllib.parse import urlparse
 import pika
 
 from imgline.builder.__main__ import build_consumer
+from imgline.core import cli as imgline_cli
 from imgline.core import logs
 from imgline.core.broker import BrokerAccess, broker_access
 from imgline.core.bus import Consumer, Publisher, topology
+from imgline.core.bus.access import ROLE_BY_USER
 from imgline.core.bus.consumer import REASON_HEADER
 from imgline.core.config import BusSettings
 from imgline.core.errors import AccessRefusedError, ImglineError
 from imgline.core.gitutil import commit_files
+from imgline.core.ledger.store import Ledger
+from imgline.core.prometheus import PrivatePrometheus
 from imgline.core.trust.client import RepositoryClient
 from imgline.core.trust.keys import KeyDir
 from imgline.core.trust.repository import TufRepository
 from imgline.core.userns import BuildUser
+from imgline.ledger.__main__ import build_consumer as build_ledger
 from imgline.publisher import http
 from imgline.publisher.__main__ import build_consumer as build_publisher
 from imgline.schemas import payloads as p
@@ -87,6 +96,30 @@ def wait_event(ch: Any, queue: str, timeout: float) -> tuple[str, dict[str, Any]
             return method.routing_key, json.loads(body)
         ch.connection.sleep(1)
     raise TimeoutError(f"no event on {queue} within {timeout:.0f}s")
+
+
+def show_built(code: int, ch: Any, watch: str) -> bool:
+    """What the CLI's exit code and the builder's event say of the build."""
+    if code != 0:
+        log.error("the build did not end published (imgline exited %d)", code)
+        return False
+    topic, event = wait_event(ch, watch, 60)
+    if not topic.endswith("image.built"):
+        log.error("the build failed: %s", json.dumps(event, indent=2))
+        return False
+    art = event["artifact"]
+    log.info(
+        "   image.built: node-%s of commit %s (build_id %s) in %.0fs, %.1f MiB, sha256 %s…",
+        event["version"],
+        str(event["source_commit"])[:12],
+        event["build_id"][:12],
+        event["duration_seconds"],
+        art["size"] / 2**20,
+        art["sha256"][:16],
+    )
+    log.info("   image: %s", art["uri"])
+    log.info("   build log: %s", event["log_url"])
+    return True
 
 
 def show_tests(ch: Any, watch: str) -> bool:
@@ -280,22 +313,113 @@ def start_repository(settings: BusSettings) -> Iterator[tuple[str, bytes, BusSet
 
 
 def start_services(
-    ch: Any, wiring: list[tuple[BusSettings, Callable[[BusSettings], Consumer], str]]
-) -> tuple[list[Consumer], list[threading.Thread]]:
-    """Each service in a thread of this process, its queue declared before anything is sent.
-    The shared topology (exchanges, dead letters, audit queue) is the same for all: declared
-    once, as the administrator does (a broker given by IMGLINE_AMQP_URL may lack it)."""
-    services, threads = [], []
+    ch: Any, wiring: list[tuple[BusSettings, Callable[[BusSettings], Consumer]]]
+) -> dict[str, tuple[Consumer, threading.Thread, int]]:
+    """Each service in a thread of this process, its queue declared before anything is sent,
+    its metrics served on a free port. The shared topology (exchanges, dead letters, audit
+    queue) is the same for all: declared once, as the administrator does (a broker given by
+    IMGLINE_AMQP_URL may lack it)."""
+    running: dict[str, tuple[Consumer, threading.Thread, int]] = {}
     topology.declare(ch, topology.shared_topology(wiring[0][0]))
-    for settings, build, topic in wiring:
-        topology.declare(ch, topology.service_topology(settings, (topic,)))
-        services.append(build(settings))
-        threads.append(threading.Thread(target=services[-1].run, name=settings.service))
-        threads[-1].daemon = True
-        threads[-1].start()
-    for svc in services:
+    for settings, build in wiring:
+        topics = ROLE_BY_USER[settings.service].consumes
+        topology.declare(ch, topology.service_topology(settings, topics))
+        svc = build(settings)
+        thread = threading.Thread(target=svc.run, name=settings.service, daemon=True)
+        thread.start()
+        running[settings.service] = (svc, thread, svc.metrics.serve(0))
+    for svc, _thread, _port in running.values():
         svc.ready.wait(30)
-    return services, threads
+    return running
+
+
+def fresh_ledger(settings: BusSettings, broker: BrokerAccess) -> tuple[Path, BusSettings]:
+    """The ledger's file (this run's history only) and its service's settings."""
+    db = CACHE / "demo" / "ledger.sqlite3"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    return db, settings.model_copy(
+        update={
+            "service": "ledger",
+            "amqp_url": broker.url_for("ledger"),
+            "consumer_config": {"db_path": str(db)},
+        }
+    )
+
+
+def stop_services(running: dict[str, tuple[Consumer, threading.Thread, int]], *names: str) -> None:
+    for name in names:
+        svc, thread, _port = running.pop(name)
+        svc.stop()
+        thread.join(60)
+
+
+def start_prometheus(ports: dict[str, int]) -> PrivatePrometheus:
+    """A private Prometheus scraping the demo's services every 2 s, with deploy's alert rules."""
+    where = CACHE / "demo" / "prometheus"
+    shutil.rmtree(where, ignore_errors=True)
+    config = {
+        "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
+        "rule_files": [str(REPO / "deploy" / "prometheus" / "rules" / "imgline.yml")],
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+            for job, port in ports.items()
+        ],
+    }
+    prom = PrivatePrometheus(config, where).start()
+    for job, port in ports.items():
+        log.info("   %-9s metrics: http://127.0.0.1:%d/metrics", job, port)
+    log.info(
+        "   Prometheus (deploy/prometheus/rules loaded): %s/graph, alerts at %s/alerts; the "
+        "Grafana dashboard to import is deploy/grafana/dashboards/imgline.json",
+        prom.url,
+        prom.url,
+    )
+    return prom
+
+
+def follow_with_the_cli(settings: BusSettings, trigger_url: str, git_url: str, db: Path) -> int:
+    """``imgline build request … --follow``: what an operator types, with its live view."""
+    config = CACHE / "demo" / "cli.toml"
+    config.write_text(f'amqp_url = "{trigger_url}"\nexchange = "{settings.exchange}"\n')
+    argv = [
+        "build", "request", "--name", "node", "--stream", "stable", "--git", git_url,
+        "--ref", "main", "--path", "examples/node.ks", "--config", str(config),
+        "--follow", "--ledger", str(db), "--timeout", "3600",
+    ]  # fmt: skip
+    log.info("1) $ imgline %s", " ".join(argv))
+    sys.stdout.flush()
+    code = imgline_cli.main(argv)
+    sys.stdout.flush()
+    return code
+
+
+def show_trace(db: Path, build_id: str, prom: PrivatePrometheus) -> None:
+    """The build traced to the host that runs it (``imgline status``), and the fleet as
+    Prometheus sees it through the ledger."""
+    deadline = time.monotonic() + 60
+    reader = Ledger(db, readonly=True)
+    while time.monotonic() < deadline and not reader.hosts_now():
+        time.sleep(1)
+    log.info("8) $ imgline status %s --ledger %s", build_id[:12], db)
+    sys.stdout.flush()
+    imgline_cli.main(["status", build_id[:12], "--ledger", str(db)])
+    sys.stdout.flush()
+    expr = "imgline_fleet_hosts_by_version"
+    found: list[dict[str, Any]] = []
+    while time.monotonic() < deadline + 30 and not found:
+        found = prom.query(expr)
+        time.sleep(1)
+    for series in found:
+        m = series["metric"]
+        log.info(
+            "   Prometheus: %s{name=%s,stream=%s,version=%s} = %s",
+            expr,
+            m.get("name"),
+            m.get("stream"),
+            m.get("version"),
+            series["value"][1],
+        )
 
 
 def ready_to_build() -> bool:
@@ -350,14 +474,19 @@ def run() -> int:
         publisher_settings = publisher_settings.model_copy(
             update={"amqp_url": broker.url_for("publisher")}
         )
-        services, threads = start_services(
+        ledger_db, ledger_settings = fresh_ledger(settings, broker)
+        running = start_services(
             ch,
             [
-                (settings, build_consumer, "build.requested"),
-                (tester_settings, build_tester, "image.built"),
-                (publisher_settings, build_publisher, "image.tested"),
+                (settings, build_consumer),
+                (tester_settings, build_tester),
+                (publisher_settings, build_publisher),
+                (ledger_settings, build_ledger),
             ],
         )
+        log.info("0) builder, tester, publisher and ledger running; where to see them:")
+        prom = start_prometheus({name: port for name, (_svc, _t, port) in running.items()})
+        stack.callback(prom.stop)
         # bound before anything is published (the exchange exists once the services' do)
         watch = ch.queue_declare("", exclusive=True).method.queue
         for topic in ("image.built", "build.failed", "image.tested", ImagePublishedV1.binding()):
@@ -378,32 +507,11 @@ def run() -> int:
             name="broken",
             requested_by="make-demo",
         )
+        code = follow_with_the_cli(settings, broker.url_for("trigger"), url_git, ledger_db)
+        if not show_built(code, ch, watch):
+            return 1
         # a git push's trigger: the one user that may ask for builds
         with Publisher(settings, broker.url_for("trigger")) as pub:
-            pub.publish(BuildRequestedV1.from_payload(good))
-            log.info(
-                "1) published build.requested %s for node, branch main of the vendor repository",
-                good.request_id,
-            )
-            started = time.monotonic()
-            topic, event = wait_event(ch, watch, 1800)
-            if not topic.endswith("image.built"):
-                log.error("the build failed: %s", json.dumps(event, indent=2))
-                return 1
-            art = event["artifact"]
-            log.info(
-                "   image.built after %.0fs: node-%s of commit %s (build_id %s), %.1f MiB, "
-                "sha256 %s…",
-                time.monotonic() - started,
-                event["version"],
-                str(event["source_commit"])[:12],
-                event["build_id"][:12],
-                art["size"] / 2**20,
-                art["sha256"][:16],
-            )
-            log.info("   image: %s", art["uri"])
-            log.info("   build log: %s", event["log_url"])
-
             if not show_tests(ch, watch):
                 log.error("the image failed its tests: it is not published")
                 return 1
@@ -426,13 +534,12 @@ def run() -> int:
             log.info("5) published a build.requested that breaks the contract")
         show_dead_letter(ch, settings.dead_letter_queue)
         show_forgery_refused(broker, settings)
-        for svc in services:
-            svc.stop()
-        for thread in threads:
-            thread.join(60)
+        stop_services(running, "builder", "tester", "publisher")  # the ledger hears the host
         conn.close()
         repo_port = urlparse(base_url).port or 80
         show_host(broker, settings.exchange, repo_port, root=root, new=published)
+        show_trace(ledger_db, good.build_id, prom)
+        stop_services(running, "ledger")
         log.info(
             "demo done: an image built, tested, signed and published; a bad kickstart "
             "reported; a bad message kept aside; a host upgraded itself to the new release"

@@ -175,7 +175,7 @@ def test_a_reader_sees_what_the_writer_recorded(ledger: Ledger) -> None:
     reader = Ledger(ledger.path, readonly=True)
     assert len(reader.recent_builds(10)) == 2
     with pytest.raises(Exception, match="readonly"):
-        reader.record(Event("x", "build.requested", 0, None, None, None, None, None, {}))
+        reader.record(Event("x", "build.requested", 0, None, None, None, None, None, None, {}))
 
 
 @pytest.mark.parametrize(
@@ -183,3 +183,40 @@ def test_a_reader_sees_what_the_writer_recorded(ledger: Ledger) -> None:
 )
 def test_spans_read_at_a_glance(seconds: float, text: str) -> None:
     assert span(seconds) == text
+
+
+def test_a_branch_request_and_the_build_of_its_pinned_commit_are_one_story(
+    ledger: Ledger,
+) -> None:
+    """The builder resolves a branch to its commit, which changes the build id; image.built
+    names the request, and that ties the two together everywhere."""
+    pinned = requested()
+    source = pinned.source.model_copy(update={"commit": None})
+    branch = p.BuildRequested.model_validate(
+        {**pinned.model_dump(mode="json"), "source": source.model_dump(), "build_id": ""}
+    )
+    assert branch.build_id != pinned.build_id and branch.request_id == pinned.request_id
+    b = built(pinned, "5", 100)
+    ledger.record(of_payload("r", branch))
+    since = branch.emitted_at.timestamp() - 1
+    assert [bid for bid, _ in ledger.unfinished(since)] == [branch.build_id]
+    ledger.record(of_payload("b", b))
+    ledger.record(of_payload("t", verdict(b, 150)))
+    assert [bid for bid, _ in ledger.unfinished(since)] == [branch.build_id]
+    ledger.record(of_payload("p", published(b, 160)))
+    assert ledger.unfinished(since) == []
+    for start in (branch.build_id, pinned.build_id):
+        t = trace(start, ledger.build(start), [])
+        assert [s.stage for s in t.stages] == ["requested", "built", "tested", "published"]
+        assert (t.state, t.build_id) == ("published", pinned.build_id)
+    assert ledger.recent_builds(5) == [branch.build_id]
+
+
+def test_a_failed_build_ends_its_request(ledger: Ledger) -> None:
+    r = requested()
+    ledger.record(of_payload("r", r))
+    failed = p.BuildFailed(
+        request_id=r.request_id, build_id="ee" * 32, name="node", stage="fetch", error="gone"
+    )
+    ledger.record(of_payload("f", failed))
+    assert ledger.unfinished(r.emitted_at.timestamp() - 1) == []

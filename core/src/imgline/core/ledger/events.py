@@ -17,12 +17,17 @@ HOST_TOPICS = ("host.upgraded", "host.upgrade.failed", "host.rolled_back")
 class Event:
     """An event as the ledger stores it. ``topic`` is the payload's topic (``image.published``,
     never ``image.published.<stream>``); ``at`` is its ``emitted_at`` in seconds since the epoch.
+
+    ``request_id`` ties a request to what the builder made of it: a request for a branch has
+    one build id, the build of the commit it resolved to another (the builder pins it), and
+    ``image.built`` and ``build.failed`` name the request they answer.
     """
 
     id: str
     topic: str
     at: float
     build_id: str | None
+    request_id: str | None
     name: str | None
     stream: str | None
     version: str | None
@@ -33,6 +38,7 @@ class Event:
 def of_payload(message_id: str, payload: p.Payload) -> Event:
     """The indexed fields of ``payload``; the body is kept whole for ``imgline status``."""
     build_id = getattr(payload, "build_id", None)
+    request_id = getattr(payload, "request_id", None)
     name = getattr(payload, "name", None)
     stream = getattr(payload, "stream", None)
     version = getattr(payload, "version", None)
@@ -46,6 +52,7 @@ def of_payload(message_id: str, payload: p.Payload) -> Event:
         topic=payload.topic,
         at=payload.emitted_at.timestamp(),
         build_id=build_id or None,
+        request_id=request_id or None,
         name=name,
         stream=stream,
         version=version,

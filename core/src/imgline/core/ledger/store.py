@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS events (
     at REAL NOT NULL,
     recorded_at REAL NOT NULL,
     build_id TEXT,
+    request_id TEXT,
     name TEXT,
     stream TEXT,
     version TEXT,
@@ -32,11 +33,12 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_build ON events (build_id, at);
+CREATE INDEX IF NOT EXISTS events_request ON events (request_id);
 CREATE INDEX IF NOT EXISTS events_release ON events (name, version, at);
 CREATE INDEX IF NOT EXISTS events_host ON events (host_id, at);
 CREATE INDEX IF NOT EXISTS events_topic ON events (topic, at);
 """
-_COLUMNS = "id, topic, at, build_id, name, stream, version, host_id, body"
+_COLUMNS = "id, topic, at, build_id, request_id, name, stream, version, host_id, body"
 _HOSTS = ", ".join(f"'{t}'" for t in HOST_TOPICS)
 _ENDS = ", ".join(f"'{t}'" for t in sorted(TERMINAL))
 _HEX = re.compile(r"^[0-9a-f]{1,64}$")
@@ -48,6 +50,7 @@ def _event(row: sqlite3.Row) -> Event:
         topic=row["topic"],
         at=row["at"],
         build_id=row["build_id"],
+        request_id=row["request_id"],
         name=row["name"],
         stream=row["stream"],
         version=row["version"],
@@ -94,14 +97,15 @@ class Ledger:
         """Store ``event``; False when its message id was recorded before (a redelivery)."""
         with self._cursor() as db, db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO events (id, topic, at, recorded_at, build_id, name, "
-                "stream, version, host_id, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO events (id, topic, at, recorded_at, build_id, request_id, "
+                "name, stream, version, host_id, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     event.id,
                     event.topic,
                     event.at,
                     time.time(),
                     event.build_id,
+                    event.request_id,
                     event.name,
                     event.stream,
                     event.version,
@@ -129,18 +133,24 @@ class Ledger:
         return [r["build_id"] for r in rows]
 
     def build(self, build_id: str) -> list[Event]:
-        """Every event of one build, oldest first."""
-        return self._select("build_id = ? ORDER BY at, recorded_at", (build_id,))
+        """Every event of one build, oldest first, with the requests it answered: a request
+        for a branch and the build of the commit it resolved to are one story."""
+        return self._select(
+            "build_id IN (SELECT build_id FROM events WHERE request_id IN ("
+            "SELECT request_id FROM events WHERE build_id = ? AND request_id IS NOT NULL) "
+            "AND build_id IS NOT NULL UNION SELECT ?) ORDER BY at, recorded_at",
+            (build_id, build_id),
+        )
 
     def recent_builds(self, limit: int) -> list[str]:
-        """The ``limit`` builds requested or built last, newest first."""
+        """The builds of the ``limit`` latest requests, newest first (each once)."""
         with self._cursor() as db:
             rows = db.execute(
-                "SELECT build_id FROM events WHERE build_id IS NOT NULL "
-                "GROUP BY build_id ORDER BY MAX(at) DESC LIMIT ?",
+                "SELECT build_id FROM events WHERE topic = 'build.requested' "
+                "ORDER BY at DESC LIMIT ?",
                 (limit,),
             ).fetchall()
-        return [r["build_id"] for r in rows]
+        return list(dict.fromkeys(r["build_id"] for r in rows))
 
     def host_reports(self, name: str, version: str) -> list[Event]:
         """Each host's last report about ``version`` of ``name``, oldest first."""
@@ -178,11 +188,16 @@ class Ledger:
     def unfinished(self, since: float) -> list[tuple[str, float]]:
         """Builds requested after ``since`` that no event has ended yet, with when each was
         first requested, oldest first."""
+        # ended: by an event of its own build id, by a build.failed naming the request, or by
+        # the end of the build the request was pinned to (image.built names the request)
         with self._cursor() as db:
             rows = db.execute(
-                "SELECT build_id, MIN(at) AS first FROM events WHERE topic = 'build.requested' "  # noqa: S608
-                f"AND at >= ? AND build_id NOT IN (SELECT build_id FROM events WHERE topic IN "
-                f"({_ENDS}) AND build_id IS NOT NULL) GROUP BY build_id ORDER BY first",
+                "SELECT r.build_id, MIN(r.at) AS first FROM events r "  # noqa: S608
+                "WHERE r.topic = 'build.requested' AND r.at >= ? AND NOT EXISTS ("
+                f"SELECT 1 FROM events t WHERE t.topic IN ({_ENDS}) AND ("
+                "t.build_id = r.build_id OR t.request_id = r.request_id OR t.build_id IN ("
+                "SELECT b.build_id FROM events b WHERE b.topic = 'image.built' "
+                "AND b.request_id = r.request_id))) GROUP BY r.build_id ORDER BY first",
                 (since,),
             ).fetchall()
         return [(r["build_id"], r["first"]) for r in rows]

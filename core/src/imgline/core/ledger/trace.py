@@ -203,6 +203,8 @@ def trace(build_id: str, events: list[Event], reports: list[Event]) -> BuildTrac
         stage.seconds = 0.0 if previous is None else max(0.0, event.at - previous)
         previous = event.at
         out.stages.append(stage)
+        if event.topic != "build.requested" and event.build_id:
+            out.build_id = event.build_id  # the build the request was pinned to
         out.name = out.name or event.name
         out.stream = out.stream or event.stream
         out.version = event.version or out.version
