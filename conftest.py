@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 TIERS = {"unit", "broker", "image", "vm"}
+
+# Test helpers that more than one tier uses (realistic forge messages, a pipeline's ledger
+# events) live beside the tests of the package they describe; make them importable anywhere.
+ROOT = Path(__file__).resolve().parent
+for helpers in (ROOT / "core" / "tests", ROOT / "services" / "trigger" / "tests"):
+    if str(helpers) not in sys.path:
+        sys.path.append(str(helpers))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -154,3 +156,13 @@ def service_process(
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         conn.close()
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> int:
+    """POST to a service on loopback; the HTTP status, errors included."""
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers)  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=10) as answer:  # noqa: S310 - loopback
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from bushelpers import ServiceProcess, service_process, wait_for
+from bushelpers import ServiceProcess, post, service_process, wait_for
 from fakehost import FakeHost
 
 from imgline.core.artifacts import LocalArtifactStore
@@ -76,15 +76,6 @@ def scrape_config(ports: dict[str, int]) -> dict[str, Any]:
         job.pop("file_sd_configs", None)
         job["static_configs"] = [{"targets": [f"127.0.0.1:{ports[job['job_name']]}"]}]
     return config
-
-
-def post(url: str, body: bytes, headers: dict[str, str]) -> int:
-    req = urllib.request.Request(url, data=body, method="POST", headers=headers)  # noqa: S310
-    try:
-        with urllib.request.urlopen(req, timeout=10) as answer:  # noqa: S310 - loopback
-            return int(answer.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
 
 
 def listening(port: int) -> bool:

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from bushelpers import service_process
+from bushelpers import post, service_process
 
 from imgline.core.gitutil import commit_files, git
 
@@ -33,15 +33,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def post(url: str, body: bytes, headers: dict[str, str]) -> int:
-    req = urllib.request.Request(url, data=body, method="POST", headers=headers)  # noqa: S310
-    try:
-        with urllib.request.urlopen(req, timeout=10) as answer:  # noqa: S310 - loopback
-            return int(answer.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:

@@ -5,57 +5,24 @@ and SIGTERM stops the service cleanly."""
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pika
 import pika.exceptions
 import pytest
 from bushelpers import service_process, take_all, wait_for
+from forgemessages import END, PAGURE_TOPIC, encoded, pagure_receive
 from pika.adapters.blocking_connection import BlockingChannel
 
 from imgline.core.bus.consumer import QUEUE_HEADER, REASON_HEADER
 
 pytestmark = pytest.mark.broker
 
-TOPIC = "io.pagure.prod.pagure.git.receive"
-END = "edc02fbb423d3957d174c571896418f29fa169b8"
-
-
-def pagure_message(**over: Any) -> dict[str, Any]:
-    """A ``pagure.git.receive`` body as Pagure's default hook publishes it."""
-    return {
-        "agent": "jsmith",
-        "forced": False,
-        "repo": {
-            "id": 3719,
-            "name": "node-os",
-            "fullname": "fedora-iot/node-os",
-            "url_path": "fedora-iot/node-os",
-            "full_url": "https://pagure.io/fedora-iot/node-os",
-            "description": "Kickstarts of the node image",
-            "namespace": "fedora-iot",
-            "parent": None,
-            "date_created": "1589293474",
-            "date_modified": "1700000000",
-            "user": {"name": "jsmith", "fullname": "Jane Smith", "url_path": "user/jsmith"},
-            "tags": [],
-            "close_status": [],
-            "milestones": {},
-        },
-        "old_commit": "7924676a7b6d1f8f3296b359d008991ecf0820f5",
-        "branch": "main",
-        "authors": [{"name": "jsmith", "fullname": "Jane Smith", "url_path": "user/jsmith"}],
-        "total_commits": 1,
-        "start_commit": END,
-        "end_commit": END,
-        **over,
-    }
+TOPIC = PAGURE_TOPIC
 
 
 def properties(message_id: str) -> pika.BasicProperties:
@@ -148,7 +115,7 @@ kickstart_path = "kickstarts/node.ks"
             consumer_config=config,  # type: ignore[arg-type]
             settings={"metrics_port": metrics_port},
         ) as svc:
-            body = json.dumps(pagure_message()).encode()
+            body = encoded(pagure_receive())
             publish(ch, forge, body, "msg-1")
 
             # the push names no files: the rule's paths count as touched, the commit is pinned
@@ -168,7 +135,7 @@ kickstart_path = "kickstarts/node.ks"
             wait_for(lambda: metric(metrics_port, "repeated") == 1.0, what="the redelivery")
 
             # a malformed push: dead-lettered byte for byte, with the reason
-            hostile = json.dumps(pagure_message(branch="--upload-pack=touch /tmp/x")).encode()
+            hostile = encoded(pagure_receive(branch="--upload-pack=touch /tmp/x"))
             publish(ch, forge, hostile, "msg-2")
             wait_for(lambda: metric(metrics_port, "invalid") == 1.0, what="the refusal")
             [(headers, dead_body)] = take_all(amqp_url, dead)

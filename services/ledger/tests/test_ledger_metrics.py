@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from ledgerstory import built, published, requested, rolled_back, upgraded, verdict
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from imgline.core.ledger.events import of_payload
 from imgline.core.ledger.store import Ledger
 from imgline.ledger.metrics import LedgerCollector
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "core" / "tests"))
-from ledgerstory import built, published, requested, rolled_back, upgraded, verdict
 
 pytestmark = pytest.mark.unit
 

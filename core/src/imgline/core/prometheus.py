@@ -20,6 +20,7 @@ from typing import Any
 
 from imgline.core.broker import free_port
 from imgline.core.errors import ConfigError
+from imgline.core.runner import die_with_service
 
 INSTALL_HINT = (
     "install it with 'apt-get install prometheus' (Debian) "
@@ -56,6 +57,9 @@ class PrivatePrometheus:
         log = (self.base_dir / "prometheus.log").open("ab")
         self._proc = subprocess.Popen(  # noqa: S603 - fixed binary, our own arguments
             [
+                # dies with its parent: an orphan would keep writing the data directory that
+                # the next run clears and reuses
+                *die_with_service(),
                 binary,
                 f"--config.file={config}",
                 f"--storage.tsdb.path={self.base_dir / 'data'}",
@@ -88,8 +92,14 @@ class PrivatePrometheus:
     def api(self, path: str, **params: str) -> Any:
         """``/api/v1/<path>``'s ``data``; raises when Prometheus answers with an error."""
         query = urllib.parse.urlencode(params)
-        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=10) as answer:  # noqa: S310 - loopback
-            doc = json.load(answer)
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=10) as answer:  # noqa: S310 - loopback
+                doc = json.load(answer)
+        except OSError as exc:
+            raise ConfigError(
+                f"prometheus at {self.url} did not answer ({exc}): see "
+                f"{self.base_dir / 'prometheus.log' if self.base_dir else 'its log'}"
+            ) from exc
         if doc.get("status") != "success":
             raise ConfigError(f"prometheus refused {path}: {doc}")
         return doc["data"]
