@@ -38,6 +38,7 @@ bench: sync
 	$(UV) run --frozen python bench/tester.py
 	$(UV) run --frozen python bench/repo.py
 	$(UV) run --frozen python bench/apply.py
+	$(UV) run --frozen python bench/ledger.py
 
 # Regenerate committed artefacts derived from code (tests fail when they are stale).
 schemas: sync

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -549,6 +550,8 @@ def run() -> int:
 
 def main() -> int:
     logs.configure("INFO")
+    # SIGTERM unwinds like Ctrl-C: the private broker and Prometheus are stopped on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return run()
     except ImglineError as exc:

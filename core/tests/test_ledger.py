@@ -220,3 +220,13 @@ def test_a_failed_build_ends_its_request(ledger: Ledger) -> None:
     )
     ledger.record(of_payload("f", failed))
     assert ledger.unfinished(r.emitted_at.timestamp() - 1) == []
+
+
+def test_a_report_that_arrives_late_does_not_hide_a_newer_one(ledger: Ledger) -> None:
+    """The bus does not keep order between a host's outbox flushes."""
+    b = built(requested(), "3", 10)
+    ledger.record(of_payload("new", upgraded("host-a", b, "2", 500)))
+    ledger.record(of_payload("old", rolled_back("host-a", b, "2", 400)))
+    [now] = ledger.hosts_now()
+    assert (now.id, now.topic) == ("new", "host.upgraded")
+    assert ledger.counts() == {("host.upgraded", "main"): 1, ("host.rolled_back", "main"): 1}

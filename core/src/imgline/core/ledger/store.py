@@ -37,6 +37,19 @@ CREATE INDEX IF NOT EXISTS events_request ON events (request_id);
 CREATE INDEX IF NOT EXISTS events_release ON events (name, version, at);
 CREATE INDEX IF NOT EXISTS events_host ON events (host_id, at);
 CREATE INDEX IF NOT EXISTS events_topic ON events (topic, at);
+-- kept up to date by record(), so that a scrape costs as much with a year of history as with
+-- a day of it: each host's latest report, and how many events of each topic and stream
+CREATE TABLE IF NOT EXISTS host_latest (
+    host_id TEXT PRIMARY KEY,
+    at REAL NOT NULL,
+    event_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS topic_counts (
+    topic TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (topic, stream)
+);
 """
 _COLUMNS = "id, topic, at, build_id, request_id, name, stream, version, host_id, body"
 _HOSTS = ", ".join(f"'{t}'" for t in HOST_TOPICS)
@@ -113,7 +126,21 @@ class Ledger:
                     json.dumps(event.body, sort_keys=True),
                 ),
             )
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            db.execute(
+                "INSERT INTO topic_counts (topic, stream, n) VALUES (?, ?, 1) "
+                "ON CONFLICT (topic, stream) DO UPDATE SET n = n + 1",
+                (event.topic, event.stream or ""),
+            )
+            if event.topic in HOST_TOPICS and event.host_id:
+                db.execute(
+                    "INSERT INTO host_latest (host_id, at, event_id) VALUES (?, ?, ?) "
+                    "ON CONFLICT (host_id) DO UPDATE SET at = excluded.at, "
+                    "event_id = excluded.event_id WHERE excluded.at >= host_latest.at",
+                    (event.host_id, event.at, event.id),
+                )
+            return True
 
     def _select(self, where: str, args: tuple[object, ...] = ()) -> list[Event]:
         with self._cursor() as db:
@@ -163,10 +190,7 @@ class Ledger:
 
     def hosts_now(self) -> list[Event]:
         """Each host's latest report of all: what it runs now."""
-        return self._select(
-            f"topic IN ({_HOSTS}) AND at = (SELECT MAX(e.at) FROM events e "  # noqa: S608
-            f"WHERE e.host_id = events.host_id AND e.topic IN ({_HOSTS}))"
-        )
+        return self._select("id IN (SELECT event_id FROM host_latest) ORDER BY host_id")
 
     def releases_now(self) -> list[Event]:
         """The latest ``image.published`` of each image on each stream."""
@@ -179,10 +203,7 @@ class Ledger:
     def counts(self) -> dict[tuple[str, str], int]:
         """How many events of each (topic, stream) were recorded; stream is '' when unknown."""
         with self._cursor() as db:
-            rows = db.execute(
-                "SELECT topic, COALESCE(stream, '') AS stream, COUNT(*) AS n FROM events "
-                "GROUP BY topic, COALESCE(stream, '')"
-            ).fetchall()
+            rows = db.execute("SELECT topic, stream, n FROM topic_counts").fetchall()
         return {(r["topic"], r["stream"]): r["n"] for r in rows}
 
     def unfinished(self, since: float) -> list[tuple[str, float]]:

@@ -76,8 +76,9 @@ class LedgerCollector(Collector):
             "When each stream's latest release was published",
             labels=["name", "stream"],
         )
-        releases = {(r.name, r.stream): r.at for r in self.ledger.releases_now()}
-        for group in fleet(self.ledger.hosts_now(), self.ledger.releases_now()):
+        released = self.ledger.releases_now()
+        releases = {(r.name, r.stream): r.at for r in released}
+        for group in fleet(self.ledger.hosts_now(), released):
             labels = [group.name, group.stream]
             hosts.add_metric(labels, group.hosts)
             outdated.add_metric(labels, group.outdated)
