@@ -1,5 +1,7 @@
-"""The ledger's metrics, worked out from the table at each scrape: they survive restarts of the
-ledger (the counters are counts of recorded events) and need no state of their own."""
+"""The ledger's metrics, worked out from its file at each scrape: they survive restarts of the
+ledger (the counters are counts of recorded events) and need no state of their own. The file
+keeps the latest report per host and the counts per topic as events arrive, so a scrape does
+not grow with the history (bench/ledger.py)."""
 
 from __future__ import annotations
 
