@@ -74,6 +74,8 @@ def build_app(settings: BusSettings) -> Trigger:
     seen = Seen(config.repeat_memory, config.repeat_window_seconds, time.monotonic)
     webhook = Webhook(rules, _secrets(config), seen, publish, WebhookMetrics(metrics.registry))
     consumer = None
+    # the series exists (at zero) without a forge bus too: dashboards and alerts need no case
+    forge_metrics = ForgeBusMetrics(metrics.registry)
     if config.forge_bus is not None:
         bus = config.forge_bus
         forge_bus = ForgeBus(
@@ -82,7 +84,7 @@ def build_app(settings: BusSettings) -> Trigger:
             seen,
             publish,
             max_body_bytes=bus.max_body_bytes,
-            metrics=ForgeBusMetrics(metrics.registry),
+            metrics=forge_metrics,
         )
         consumer = ForgeBusConsumer(bus, settings, forge_bus.handle, settings.retry_delay_seconds)
     log.info("%d rule(s) from %s", len(rules.rule), config.rules_file)
