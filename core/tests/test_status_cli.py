@@ -135,3 +135,29 @@ def test_a_bad_request_is_refused_before_anything_is_sent(
     monkeypatch.delenv("IMGLINE_CONFIG", raising=False)
     assert cli.main(["build", "request", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_status_follow_takes_the_next_request_not_an_earlier_one(tmp_path: Path) -> None:
+    ledger, steps = pipeline(tmp_path / "l.sqlite3")
+    ledger.record(of_payload("old", requested(name="appliance")))
+    pushed = steps[0]
+
+    def a_push_happens(_seconds: float) -> None:
+        ledger.record(of_payload("new", pushed))
+
+    assert statuscli.next_request(ledger, 60, sleep=a_push_happens) == pushed.build_id
+    assert statuscli.next_request(Ledger(tmp_path / "quiet.sqlite3"), 0.2, poll=0.05) is None
+
+
+def test_status_follow_of_an_ended_build_prints_it_and_exits_with_its_result(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ledger, steps = pipeline(tmp_path / "l.sqlite3")
+    for n, step in enumerate(steps):
+        ledger.record(of_payload(str(n), step))
+    argv = ["status", steps[0].build_id[:10], "--follow", "--ledger", str(ledger.path)]
+    assert cli.main(argv) == statuscli.EXIT_PUBLISHED
+    assert "node 2 on main: published after" in capsys.readouterr().out
+    quiet = str(Ledger(tmp_path / "quiet.sqlite3").path)
+    assert cli.main(["status", "--follow", "--timeout", "0.2", "--ledger", quiet]) == 3
+    assert "no build was requested within 0.2s" in capsys.readouterr().out

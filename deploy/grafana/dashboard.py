@@ -124,6 +124,17 @@ PIPELINE: list[Panel] = [
         [("imgline_consumer_connected", "{{service}} {{instance}}")],
     ),
     (
+        "Bus delay before each handler, p90",
+        "s",
+        [
+            (
+                "histogram_quantile(0.9, sum by (le, service) "
+                "(rate(imgline_message_delay_seconds_bucket[1h])))",
+                "{{service}}",
+            )
+        ],
+    ),
+    (
         "Messages in hand",
         "short",
         [("sum by (service) (imgline_messages_in_flight)", "{{service}}")],

@@ -329,6 +329,8 @@ def test_metrics_are_served_over_http(amqp_url: str, settings: Settings) -> None
         'imgline_messages_consumed_total{service="svc",topic="imgline.build.requested"} 1.0' in text
     )
     assert "imgline_handler_seconds_bucket" in text
+    delay = 'imgline_message_delay_seconds_count{service="svc",topic="imgline.build.requested"}'
+    assert f"{delay} 1.0" in text
     # stopped: no longer attached, and it said so
     assert 'imgline_consumer_connected{service="svc"} 0.0' in text
     assert 'imgline_broker_connects_total{service="svc"} 1.0' in text

@@ -66,9 +66,47 @@ def _fleet_line(group: StreamFleet) -> str:
     )
 
 
+def next_request(
+    ledger: Ledger,
+    timeout: float,
+    *,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+    poll: float = 0.5,
+) -> str | None:
+    """The build of the first request the ledger records from now on (a push about to be
+    made), or None when ``timeout`` passes first."""
+    since = clock()
+    while True:
+        found = ledger.first_request_since(since)
+        if found is not None or clock() - since > timeout:
+            return found
+        sleep(poll)
+
+
+def _follow_status(ledger: Ledger, args: argparse.Namespace, out: TextIO) -> int:
+    if args.build:
+        build_id = _resolve(ledger, args.build)
+    else:
+        out.write("waiting for the next build request (a push, a webhook, imgline build)\n")
+        out.flush()
+        found = next_request(ledger, args.timeout)
+        if found is None:
+            out.write(f"no build was requested within {span(args.timeout)}\n")
+            return EXIT_TIMEOUT
+        build_id = found
+    code, final = follow(ledger, build_id, args.timeout, sys.stderr if args.json else out)
+    if args.json:
+        json.dump(final.as_json(), out, indent=2)
+        out.write("\n")
+    return code
+
+
 def status(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     ledger = _ledger(args)
+    if args.follow:
+        return _follow_status(ledger, args, out)
     if args.build:
         one = traced(ledger, _resolve(ledger, args.build))
         if args.json:
@@ -204,6 +242,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     st.add_argument("--ledger", type=Path, help=ledger_help)
     st.add_argument("--limit", type=int, default=20, help="builds listed (default 20)")
     st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument(
+        "--follow",
+        action="store_true",
+        help="show each stage live until the build ends; without BUILD, the next one requested",
+    )
+    st.add_argument("--timeout", type=float, default=3600.0, help="--follow gives up after this")
     st.set_defaults(func=status)
 
     b = sub.add_parser("build", help="ask the pipeline for a build")

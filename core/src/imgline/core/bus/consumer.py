@@ -314,11 +314,21 @@ class Consumer:
             delivery.future = _resolved((policy.Outcome.INVALID, reason))
             return
         msg.queue = self.settings.queue_name
+        if attempt == 1:  # a retry's wait is the consumer's, not the bus's
+            self._observe_delay(msg, rk)
         delivery.started = time.monotonic()
         delivery.future = _in_thread(
             f"{self.settings.service}-handler-{tag}", self._wake, self._handle, route, msg, delivery
         )
         self.metrics.in_flight.labels(self.settings.service).inc()
+
+    def _observe_delay(self, msg: fm_message.Message, topic: str) -> None:
+        """Emit to handler start, by the sender's clock: skew between machines shows as a
+        shift, and a negative delay counts as none."""
+        emitted = getattr(getattr(msg, "payload", None), "emitted_at", None)
+        if isinstance(emitted, datetime):
+            delay = max(0.0, (datetime.now(tz=UTC) - emitted).total_seconds())
+            self.metrics.delay_seconds.labels(self.settings.service, topic).observe(delay)
 
     def _handle(
         self, route: _Route, msg: fm_message.Message, d: _Delivery

@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 HANDLER_BUCKETS = (0.005, 0.05, 0.25, 1, 5, 30, 120, 600, 1800, 3600)
+#: From a message's emitted_at to its handler's start: the bus's share of a pipeline's time.
+DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 30, 300, 3600)
 
 
 class BusMetrics:
@@ -43,6 +45,13 @@ class BusMetrics:
             "Time spent in the handler",
             labels,
             buckets=HANDLER_BUCKETS,
+            registry=self.registry,
+        )
+        self.delay_seconds = Histogram(
+            "imgline_message_delay_seconds",
+            "From the sender's emitted_at to the handler's start (queueing and transfer)",
+            labels,
+            buckets=DELAY_BUCKETS,
             registry=self.registry,
         )
         self.connected = Gauge(

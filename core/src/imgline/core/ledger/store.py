@@ -179,6 +179,16 @@ class Ledger:
             ).fetchall()
         return list(dict.fromkeys(r["build_id"] for r in rows))
 
+    def first_request_since(self, since: float) -> str | None:
+        """The build of the first request recorded at or after ``since`` (wall clock)."""
+        with self._cursor() as db:
+            row = db.execute(
+                "SELECT build_id FROM events WHERE topic = 'build.requested' "
+                "AND recorded_at >= ? ORDER BY recorded_at LIMIT 1",
+                (since,),
+            ).fetchone()
+        return None if row is None else str(row["build_id"])
+
     def host_reports(self, name: str, version: str) -> list[Event]:
         """Each host's last report about ``version`` of ``name``, oldest first."""
         return self._select(
