@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,19 +19,13 @@ from pathlib import Path
 import pytest
 from bushelpers import post, service_process
 
+from imgline.core.broker import free_port
 from imgline.core.gitutil import commit_files, git
 
 pytestmark = pytest.mark.broker
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "a-webhook-secret-of-some-length"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:

@@ -5,7 +5,6 @@ and SIGTERM stops the service cleanly."""
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
 import uuid
@@ -18,6 +17,7 @@ from bushelpers import service_process, take_all, wait_for
 from forgemessages import END, PAGURE_TOPIC, encoded, pagure_receive
 from pika.adapters.blocking_connection import BlockingChannel
 
+from imgline.core.broker import free_port
 from imgline.core.bus.consumer import QUEUE_HEADER, REASON_HEADER
 
 pytestmark = pytest.mark.broker
@@ -60,13 +60,6 @@ def metric(port: int, result: str) -> float:
     line = f'imgline_forge_messages_total{{format="pagure",result="{result}"}} '
     found = [ln for ln in text.splitlines() if ln.startswith(line)]
     return float(found[0].removeprefix(line)) if found else 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_a_pagure_push_message_requests_one_pinned_build(amqp_url: str, tmp_path: Path) -> None:
