@@ -21,9 +21,10 @@ from typing import Any, TextIO
 from imgline.core.bus.publisher import Publisher
 from imgline.core.config import BusSettings, load_settings
 from imgline.core.errors import ConfigError
+from imgline.core.ledger.events import Event
 from imgline.core.ledger.fleet import StreamFleet, fleet
 from imgline.core.ledger.store import Ledger
-from imgline.core.ledger.trace import FINAL, BuildTrace, span, stage_of, trace, when
+from imgline.core.ledger.trace import FINAL, BuildTrace, host_reports, span, trace, when
 from imgline.schemas import payloads as p
 from imgline.schemas.messages import BuildRequestedV1
 
@@ -39,13 +40,18 @@ def _ledger(args: argparse.Namespace) -> Ledger:
     return Ledger(Path(path), readonly=True)
 
 
-def traced(ledger: Ledger, build_id: str) -> BuildTrace:
-    """The trace of ``build_id`` with the hosts' reports about the version it made."""
-    events = ledger.build(build_id)
-    out = trace(build_id, events, [])
+def traced(ledger: Ledger, build_id: str, events: list[Event] | None = None) -> BuildTrace:
+    """The trace of ``build_id`` (from ``events`` when the caller read them already) with the
+    hosts' reports about the version it made."""
+    out = trace(build_id, ledger.build(build_id) if events is None else events, [])
     if out.name and out.version and out.state == "published":
-        out = trace(build_id, events, ledger.host_reports(out.name, out.version))
+        out.hosts = host_reports(ledger.host_reports(out.name, out.version))
     return out
+
+
+def _print_json(doc: dict[str, Any], out: TextIO) -> None:
+    json.dump(doc, out, indent=2)
+    out.write("\n")
 
 
 def _resolve(ledger: Ledger, wanted: str) -> str:
@@ -95,10 +101,14 @@ def _follow_status(ledger: Ledger, args: argparse.Namespace, out: TextIO) -> int
             out.write(f"no build was requested within {span(args.timeout)}\n")
             return EXIT_TIMEOUT
         build_id = found
+    return _follow_and_report(ledger, build_id, args, out)
+
+
+def _follow_and_report(ledger: Ledger, build_id: str, args: argparse.Namespace, out: TextIO) -> int:
+    """``--follow``: the live lines, on stderr when ``--json`` wants stdout for the trace."""
     code, final = follow(ledger, build_id, args.timeout, sys.stderr if args.json else out)
     if args.json:
-        json.dump(final.as_json(), out, indent=2)
-        out.write("\n")
+        _print_json(final.as_json(), out)
     return code
 
 
@@ -110,20 +120,17 @@ def status(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.build:
         one = traced(ledger, _resolve(ledger, args.build))
         if args.json:
-            json.dump(one.as_json(), out, indent=2)
-            out.write("\n")
+            _print_json(one.as_json(), out)
         else:
             out.write("\n".join(one.lines()) + "\n")
         return 0
     builds = [traced(ledger, b) for b in ledger.recent_builds(args.limit)]
     groups = fleet(ledger.hosts_now(), ledger.releases_now())
     if args.json:
-        doc: dict[str, Any] = {
-            "builds": [b.as_json() for b in builds],
-            "fleet": [g.__dict__ for g in groups],
-        }
-        json.dump(doc, out, indent=2)
-        out.write("\n")
+        _print_json(
+            {"builds": [b.as_json() for b in builds], "fleet": [g.__dict__ for g in groups]},
+            out,
+        )
         return 0
     out.write(f"last {len(builds)} build(s), newest first:\n")
     for b in builds:
@@ -150,21 +157,15 @@ def follow(
     ``timeout`` passes; a line every ``heartbeat`` seconds says what it waits for."""
     seen: set[str] = set()
     start = last_line = clock()
-    previous: float | None = None
-    current = trace(build_id, [], [])
     while True:
         events = ledger.build(build_id)
-        for event in events:
-            if event.id in seen:
-                continue
-            seen.add(event.id)
-            stage = stage_of(event)
-            gap = "" if previous is None else f"+{span(max(0.0, event.at - previous))}"
-            previous = event.at
-            out.write(f"  {stage.stage:<10} {when(event.at)}  {gap:<8} {stage.detail}\n")
-            out.flush()
-            last_line = clock()
-        current = traced(ledger, build_id)
+        current = traced(ledger, build_id, events)
+        for event, stage in zip(events, current.stages, strict=True):  # a stage per event
+            if event.id not in seen:
+                seen.add(event.id)
+                out.write(stage.line() + "\n")
+                out.flush()
+                last_line = clock()
         if current.state in FINAL:
             code = EXIT_PUBLISHED if current.state == "published" else EXIT_NOT_PUBLISHED
             out.write(f"{current.headline()} after {span(clock() - start)}\n")
@@ -225,11 +226,7 @@ def request(args: argparse.Namespace, out: TextIO | None = None) -> int:
             out.write(f"requested build {payload.build_id} (request {payload.request_id})\n")
         return 0
     out.write(f"requested build {payload.build_id[:12]} of {payload.name}; following it\n")
-    code, final = follow(ledger, payload.build_id, args.timeout, sys.stderr if args.json else out)
-    if args.json:
-        json.dump(final.as_json(), out, indent=2)
-        out.write("\n")
-    return code
+    return _follow_and_report(ledger, payload.build_id, args, out)
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

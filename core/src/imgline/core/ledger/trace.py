@@ -115,6 +115,11 @@ class Stage:
     seconds: float  # since the stage before (0 for the request)
     detail: str
 
+    def line(self) -> str:
+        """One line of the text views (``imgline status``, ``--follow``)."""
+        gap = f"+{span(self.seconds)}" if self.stage != "requested" else ""
+        return f"  {self.stage:<10} {when(self.at)}  {gap:<8} {self.detail}"
+
     def as_json(self) -> dict[str, Any]:
         return {
             "stage": self.stage,
@@ -171,9 +176,7 @@ class BuildTrace:
     def lines(self) -> list[str]:
         """The text view: a headline, a line per stage, then the hosts."""
         out = [self.headline()]
-        for s in self.stages:
-            gap = f"+{span(s.seconds)}" if s.stage != "requested" else ""
-            out.append(f"  {s.stage:<10} {when(s.at)}  {gap:<8} {s.detail}")
+        out += [s.line() for s in self.stages]
         if self.hosts:
             tally: dict[str, int] = {}
             for h in self.hosts:
@@ -211,10 +214,17 @@ def trace(build_id: str, events: list[Event], reports: list[Event]) -> BuildTrac
         if out.state in FINAL and stage.stage == "requested":
             continue
         out.state = _STATE_AFTER.get(stage.stage, out.state)
+    out.hosts = host_reports(reports)
+    return out
+
+
+def host_reports(reports: list[Event]) -> list[HostReport]:
+    """Each host's last report on a version, as a trace shows it."""
+    out = []
     for report in reports:
         body = report.body
         previous_version = body.get("from_version")
-        out.hosts.append(
+        out.append(
             HostReport(
                 host_id=report.host_id or "?",
                 result=_HOST_RESULT.get(report.topic, report.topic),
