@@ -8,7 +8,6 @@ Services differ only in how they build their consumer, and in how they validate 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,10 +17,9 @@ from pydantic import BaseModel, ValidationError
 
 from imgline.core import logs
 from imgline.core.bus import Consumer
+from imgline.core.bus.metrics import serve_configured
 from imgline.core.config import BusSettings, load_settings
 from imgline.core.errors import ConfigError, ImglineError
-
-log = logging.getLogger(__name__)
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
@@ -58,9 +56,7 @@ def run_service(
     except ImglineError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    if settings.metrics_port is not None:
-        port = consumer.metrics.serve(settings.metrics_port, settings.metrics_host)
-        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
+    serve_configured(consumer.metrics.registry, settings)
     consumer.install_signal_handlers()
     consumer.run()
     return 0

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from imgline.core.config import BusSettings
+
+log = logging.getLogger(__name__)
 
 HANDLER_BUCKETS = (0.005, 0.05, 0.25, 1, 5, 30, 120, 600, 1800, 3600)
 #: From a message's emitted_at to its handler's start: the bus's share of a pipeline's time.
@@ -83,3 +89,13 @@ def serve_metrics(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1
     server, _thread = start_http_server(port, addr=addr, registry=registry)
     bound: int = server.server_address[1]
     return bound
+
+
+def serve_configured(registry: CollectorRegistry, settings: BusSettings) -> int | None:
+    """``/metrics`` where ``metrics_port`` and ``metrics_host`` say, logged; None when no port
+    is set (a service without metrics)."""
+    if settings.metrics_port is None:
+        return None
+    port = serve_metrics(registry, settings.metrics_port, settings.metrics_host)
+    log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
+    return port

@@ -16,7 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from imgline.core import logs
-from imgline.core.bus.metrics import BusMetrics
+from imgline.core.bus.metrics import BusMetrics, serve_configured
 from imgline.core.bus.publisher import Publisher
 from imgline.core.config import BusSettings, load_settings
 from imgline.core.errors import ConfigError, ImglineError
@@ -88,9 +88,7 @@ def build_app(settings: BusSettings) -> Trigger:
         )
         consumer = ForgeBusConsumer(bus, settings, forge_bus.handle, settings.retry_delay_seconds)
     log.info("%d rule(s) from %s", len(rules.rule), config.rules_file)
-    if settings.metrics_port is not None:
-        port = metrics.serve(settings.metrics_port, settings.metrics_host)
-        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
+    serve_configured(metrics.registry, settings)
     return Trigger(make_app(webhook, config.max_body_bytes), config, publisher, consumer)
 
 

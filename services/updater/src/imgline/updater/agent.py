@@ -27,7 +27,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 
 from imgline.core.bus import Consumer, Publisher, topology
-from imgline.core.bus.metrics import serve_metrics
+from imgline.core.bus.metrics import serve_configured
 from imgline.core.config import BusSettings
 from imgline.core.errors import ConfigError, ImglineError, TransientError
 from imgline.core.trust.client import RepositoryClient
@@ -460,18 +460,13 @@ def run(bus: BusSettings, config: HostConfig, host: Host) -> int:
         host_id = machine_id(config)
         if not bus.amqp_url:
             pull = PullAgent(config, host, host_id=host_id)
-            if bus.metrics_port is not None:
-                registry = pull.agent.metrics.registry
-                port = serve_metrics(registry, bus.metrics_port, bus.metrics_host)
-                log.info("metrics on http://%s:%d/metrics", bus.metrics_host, port)
+            serve_configured(pull.agent.metrics.registry, bus)
             return _run_pull_only(pull, config)
         service = AgentService(bus, config, host, host_id=host_id)
     except ImglineError as exc:
         print(f"imgline-updater: {exc}", file=sys.stderr)
         return 2
-    if bus.metrics_port is not None:
-        port = service.consumer.metrics.serve(bus.metrics_port, bus.metrics_host)
-        log.info("metrics on http://%s:%d/metrics", bus.metrics_host, port)
+    serve_configured(service.consumer.metrics.registry, bus)
     log.info(
         "agent for host %s: %s on stream %s from %s, policy %s, queue %s",
         service.agent.host_id,
