@@ -25,13 +25,12 @@ against the rules, which name the URL to clone.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 from imgline.trigger.domain import forges
-from imgline.trigger.domain.forges import Push, make_push
+from imgline.trigger.domain.forges import Push, json_object, make_push
 from imgline.trigger.errors import PayloadError
 
 BusFormat = Literal["pagure", "distgit", "github", "gitlab", "gitea", "forgejo"]
@@ -50,16 +49,6 @@ def delivery_id(message_id: object) -> str | None:
     if isinstance(message_id, str) and _MESSAGE_ID.fullmatch(message_id):
         return message_id
     return None
-
-
-def _object(body: bytes, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError(f"the {what} message is not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise PayloadError(f"the {what} message is not a JSON object")
-    return data
 
 
 def _text(value: object, what: str) -> str:
@@ -85,7 +74,7 @@ def parse_pagure(topic: str, body: bytes, message_id: object) -> Push | None:
     a ref that is not a branch (Pagure sends tags through the same hook)."""
     if not _is_receive(topic):
         return None
-    data = _object(body, "pagure.git.receive")
+    data = json_object(body, "pagure.git.receive message")
     repo = data.get("repo")
     if not isinstance(repo, dict):
         raise PayloadError("the pagure.git.receive message has no repo object")
@@ -121,7 +110,7 @@ def parse_distgit(topic: str, body: bytes, message_id: object) -> Push | None:
     """The commit a dist-git ``git.receive`` message announces, as a push of that commit."""
     if not _is_receive(topic):
         return None
-    data = _object(body, "git.receive")
+    data = json_object(body, "git.receive message")
     commit = data.get("commit")
     if not isinstance(commit, dict):
         raise PayloadError("the git.receive message has no commit object")

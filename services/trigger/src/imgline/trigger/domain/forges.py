@@ -166,18 +166,24 @@ def _paths(commits: Any) -> tuple[frozenset[str], bool]:
     return frozenset(paths), True
 
 
+def json_object(body: bytes, what: str) -> dict[str, Any]:
+    """``body`` as a JSON object, or a ``PayloadError`` saying the ``what`` is not one."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadError(f"the {what} is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PayloadError(f"the {what} is not a JSON object")
+    return data
+
+
 def parse(forge: Forge, event: str, headers: Mapping[str, str], body: bytes) -> Push | None:
     """The push a verified event describes; None for an event that is not a push to a branch
     (a ping, a tag, a deleted branch), which needs no build."""
     wanted = next(value for f, _, value in _EVENT_HEADERS if f == forge)
     if event != wanted:
         return None
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError(f"the {forge} push event is not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise PayloadError(f"the {forge} push event is not a JSON object")
+    data = json_object(body, f"{forge} push event")
     ref = data.get("ref")
     after = (
         data.get("after") if forge != "gitlab" else data.get("checkout_sha") or data.get("after")
