@@ -30,6 +30,28 @@ CONFIG_ENV = "IMGLINE_CONFIG"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$"
 
 
+def amqp_scheme(url: str | None) -> str | None:
+    """``url`` when it is an AMQP URL (or unset); a ``ValueError`` for pydantic otherwise."""
+    if url is not None and not url.startswith(("amqp://", "amqps://")):
+        raise ValueError("must start with amqp:// or amqps://")
+    return url
+
+
+def check_tls(url: str | None, ca_cert: Path | None, cert: Path | None, key: Path | None) -> None:
+    """TLS is all or nothing: a half-configured client would talk in the clear or fail later
+    with a less helpful message. A ``ValueError`` for pydantic; every broker connection's
+    settings (the pipeline's, a forge's bus) go through it."""
+    if (cert is None) != (key is None):
+        raise ValueError("tls_cert and tls_key go together: set both or neither")
+    if (url or "").startswith("amqps://") and ca_cert is None:
+        raise ValueError(
+            "amqps:// needs tls_ca_cert, the CA that signed the broker's certificate "
+            "(the broker's identity is always verified)"
+        )
+    if (url or "").startswith("amqp://") and (ca_cert or cert):
+        raise ValueError("tls_ca_cert/tls_cert are set but amqp_url is plain amqp://: use amqps://")
+
+
 class BusSettings(BaseModel):
     """How a service reaches the broker and names its queues."""
 
@@ -84,26 +106,11 @@ class BusSettings(BaseModel):
     @field_validator("amqp_url")
     @classmethod
     def _amqp_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("amqp://", "amqps://")):
-            raise ValueError("must start with amqp:// or amqps://")
-        return value
+        return amqp_scheme(value)
 
     @model_validator(mode="after")
     def _tls_complete(self) -> BusSettings:
-        """TLS is all or nothing: a half-configured client would talk in the clear or fail later
-        with a less helpful message."""
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key go together: set both or neither")
-        url = self.amqp_url or ""
-        if url.startswith("amqps://") and self.tls_ca_cert is None:
-            raise ValueError(
-                "amqps:// needs tls_ca_cert, the CA that signed the broker's certificate "
-                "(the broker's identity is always verified)"
-            )
-        if url.startswith("amqp://") and (self.tls_ca_cert or self.tls_cert):
-            raise ValueError(
-                "tls_ca_cert/tls_cert are set but amqp_url is plain amqp://: use amqps://"
-            )
+        check_tls(self.amqp_url, self.tls_ca_cert, self.tls_cert, self.tls_key)
         return self
 
     @property

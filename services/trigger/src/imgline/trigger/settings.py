@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from imgline.core.config import amqp_scheme, check_tls
 from imgline.trigger.domain.busevents import BusFormat
 from imgline.trigger.domain.forges import Forge
 
@@ -55,18 +56,13 @@ class ForgeBusConfig(BaseModel):
     @field_validator("amqp_url")
     @classmethod
     def _scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("amqp://", "amqps://")):
-            raise ValueError("must start with amqp:// or amqps://")
-        return value
+        return amqp_scheme(value)
 
     @model_validator(mode="after")
     def _tls(self) -> ForgeBusConfig:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        check_tls(self.amqp_url, self.tls_ca_cert, self.tls_cert, self.tls_key)
         if (self.tls_ca_cert or self.tls_cert) and self.amqp_url is None:
             raise ValueError("tls_* of forge_bus need its own amqp_url (amqps://)")
-        if (self.amqp_url or "").startswith("amqps://") and self.tls_ca_cert is None:
-            raise ValueError("an amqps:// forge_bus.amqp_url needs tls_ca_cert")
         return self
 
 
