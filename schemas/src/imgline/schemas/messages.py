@@ -78,6 +78,12 @@ class ImglineMessage(fm_message.Message, Generic[P]):
         return cls.topic_suffix
 
     @classmethod
+    def binding(cls, stream: str | None = None) -> str:
+        """What a queue binds (after the prefix) to get this class's messages; ``stream``
+        narrows it only where the routing key carries one (``image.published``)."""
+        return cls.topic_suffix
+
+    @classmethod
     def from_payload(cls, payload: P, prefix: str = DEFAULT_PREFIX) -> ImglineMessage[P]:
         """A message ready to publish with routing key ``<prefix>.<routing_topic(payload)>``.
 

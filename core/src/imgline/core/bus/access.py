@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from imgline.core.config import BusSettings
+from imgline.schemas.messages import ALL_MESSAGES
 
 #: The vhost every imgline service lives in; ``guest`` and ``/`` play no part.
 VHOST = "imgline"
@@ -57,20 +58,7 @@ ROLES: tuple[Role, ...] = (
         per_host=True,
     ),
     # the ledger records every event (imgline status, fleet metrics) and publishes nothing
-    Role(
-        "ledger",
-        consumes=(
-            "build.requested",
-            "build.failed",
-            "image.built",
-            "image.tested",
-            "image.rejected",
-            "image.published.#",
-            "host.upgraded",
-            "host.upgrade.failed",
-            "host.rolled_back",
-        ),
-    ),
+    Role("ledger", consumes=tuple(m.binding() for m in ALL_MESSAGES)),
 )
 ROLE_BY_USER: dict[str, Role] = {r.user: r for r in ROLES}
 

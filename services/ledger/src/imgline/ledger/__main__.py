@@ -16,7 +16,7 @@ from imgline.core.ledger.store import Ledger
 from imgline.core.service import run_service, service_config
 from imgline.ledger.metrics import LedgerCollector
 from imgline.ledger.settings import LedgerConfig
-from imgline.schemas.messages import ALL_MESSAGES, ImagePublishedV1, ImglineMessage
+from imgline.schemas.messages import ALL_MESSAGES, ImglineMessage
 
 log = logging.getLogger("imgline.ledger")
 
@@ -43,8 +43,7 @@ def build_consumer(settings: BusSettings) -> Consumer:
     consumer = Consumer(settings, url)
     record = recorder(ledger)
     for cls in ALL_MESSAGES:
-        topic = ImagePublishedV1.binding(None) if cls is ImagePublishedV1 else None
-        consumer.on(cls, record, topic=topic)
+        consumer.on(cls, record, topic=cls.binding())
     consumer.metrics.registry.register(LedgerCollector(ledger, config.unfinished_window_seconds))
     log.info("recording events in %s", config.db_path)
     return consumer
