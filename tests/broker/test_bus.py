@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -57,6 +58,25 @@ def test_publish_then_consume_delivers_typed_payloads(amqp_url: str, settings: S
     assert value(consumer.metrics, "imgline_messages_consumed_total", **labels) == 3
     assert value(consumer.metrics, "imgline_handler_seconds_count", **labels) == 3
     assert queue_depth(amqp_url, s.queue_name) == 0
+
+
+def test_a_publisher_idle_past_its_heartbeat_publishes_without_a_failed_attempt(
+    amqp_url: str, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A service publishes minutes apart: its blocking connection sends no heartbeats in
+    between and the broker drops it. The next publish goes out on a fresh connection at once,
+    without a failed attempt, a warning and a back-off first."""
+    s = settings(heartbeat_seconds=1)
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+        ch = conn.channel()
+        topology.declare(ch, topology.service_topology(s, ("build.requested",)))
+    with Publisher(s, amqp_url) as pub:
+        pub.publish(BuildRequestedV1.from_payload(request("before"), prefix=s.topic_prefix))
+        time.sleep(4)  # several heartbeat intervals: the broker has closed the connection
+        with caplog.at_level(logging.WARNING, logger="imgline.core.bus.publisher"):
+            pub.publish(BuildRequestedV1.from_payload(request("after"), prefix=s.topic_prefix))
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    assert queue_depth(amqp_url, s.queue_name) == 2
 
 
 def test_poison_message_is_dead_lettered_after_the_limit_while_serving_others(

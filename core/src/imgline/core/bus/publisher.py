@@ -51,10 +51,18 @@ class Publisher:
         self._lock = threading.Lock()
         self._conn: BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
+        self._used = 0.0  # time.monotonic() of the last publish
 
     def _ensure(self) -> BlockingChannel:
+        """The open channel, or a new one. A blocking connection sends no heartbeats while
+        nothing is published, so after a heartbeat interval of silence the broker may already
+        have dropped it: such a connection is replaced before use, not found dead by a publish
+        that then has to be retried."""
+        idle = time.monotonic() - self._used
         if self._channel is not None and self._channel.is_open:
-            return self._channel
+            if idle < self.settings.heartbeat_seconds:
+                return self._channel
+            log.debug("publisher connection idle for %.0fs: opening a fresh one", idle)
         self._close()
         self._conn = pika.BlockingConnection(connection_parameters(self.url, self.settings))
         channel = self._conn.channel()
@@ -92,6 +100,7 @@ class Publisher:
                 try:
                     channel = self._ensure()
                     channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
+                    self._used = time.monotonic()
                     return
                 except pika.exceptions.UnroutableError as exc:
                     raise UnroutableError(
