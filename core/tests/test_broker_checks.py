@@ -40,3 +40,12 @@ def test_free_ports_differ() -> None:
     assert b.url.endswith(f"@127.0.0.1:{b.port}/imgline")
     assert b.url_for("builder") != b.url_for("tester")
     assert "guest" not in b.url
+
+
+def test_a_private_node_keeps_the_passwords_it_is_given(tmp_path: Path) -> None:
+    """A test host installed once holds its updater's password: a later node must accept it."""
+    node = broker.PrivateBroker(tmp_path, passwords={"updater": "kept-from-the-install"})
+    assert node.url_for("updater").startswith("amqp://updater:kept-from-the-install@")
+    assert "kept-from-the-install" not in node.url_for("builder")
+    with pytest.raises(ValueError, match="no such bus user: nobody"):
+        broker.PrivateBroker(tmp_path, passwords={"nobody": "x"})

@@ -86,6 +86,7 @@ class PrivateBroker:
         consumer_timeout_ms: int = CONSUMER_TIMEOUT_MS,
         *,
         tls: bool = False,
+        passwords: Mapping[str, str] | None = None,
     ) -> None:
         self._own_dir = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="imgline-rabbitmq-"))
@@ -98,9 +99,16 @@ class PrivateBroker:
         self.consumer_timeout_ms = consumer_timeout_ms
         self.tls = tls
         self.tls_port = free_port() if tls else None
-        #: One random password per user, kept for the node's lifetime (restarts reuse them).
+        #: One random password per user, kept for the node's lifetime (restarts reuse them);
+        #: ``passwords`` keeps the ones a client was provisioned with earlier (a test host
+        #: installed once, with its updater's credentials on its disk).
+        given = dict(passwords or {})
+        unknown = given.keys() - {access.ADMIN, *access.ROLE_BY_USER}
+        if unknown:
+            raise ValueError(f"no such bus user: {', '.join(sorted(unknown))}")
         self.passwords = {
-            user: secrets.token_urlsafe(18) for user in (access.ADMIN, *access.ROLE_BY_USER)
+            user: given.get(user) or secrets.token_urlsafe(18)
+            for user in (access.ADMIN, *access.ROLE_BY_USER)
         }
         self.ca: LocalCA | None = None
         self.client_certs: dict[str, Issued] = {}
@@ -323,12 +331,15 @@ class BrokerAccess:
 
 
 @contextmanager
-def broker_access(env: Mapping[str, str] | None = None) -> Iterator[BrokerAccess]:
-    """``$IMGLINE_AMQP_URL`` if set, else a private node (with its users) living for the block."""
+def broker_access(
+    env: Mapping[str, str] | None = None, *, passwords: Mapping[str, str] | None = None
+) -> Iterator[BrokerAccess]:
+    """``$IMGLINE_AMQP_URL`` if set, else a private node (with its users) living for the block;
+    ``passwords``: users of the private node whose passwords are given, not made up."""
     env = os.environ if env is None else env
     given = env.get("IMGLINE_AMQP_URL")
     if given:
         yield BrokerAccess(given, {})
         return
-    with PrivateBroker() as broker:
+    with PrivateBroker(passwords=passwords) as broker:
         yield BrokerAccess(broker.url, {u: broker.url_for(u) for u in access.ROLE_BY_USER})
