@@ -214,3 +214,48 @@ def test_a_oneshot_unit_counts_once_it_ran_or_was_not_needed(
     (check,) = [c for c in report.checks if c.name == "unit:keys.service"]
     assert check.ok == (state is not None)
     assert check.detail.splitlines()[0] == (state or "keys.service is failed")
+
+
+def crash_looping(tmp_path: Path, *, up_seconds: float, restarts: int) -> dict[str, str]:
+    """A host 100 s after boot whose payload is "active" right now, its process started
+    ``up_seconds`` ago."""
+    env = host(tmp_path, active=("node-payload.service",))
+    fake = Path(env["FAKE"])
+    started_us = int((100 - up_seconds) * 1_000_000)
+    (fake / "show" / "node-payload.service").write_text(
+        f"Type=simple\nActiveState=active\nExecMainStartTimestampMonotonic={started_us}\n"
+        f"NRestarts={restarts}\n"
+    )
+    (fake / "uptime").write_text("100.00 180.00\n")
+    return {**env, "HOSTCHECK_UPTIME": str(fake / "uptime")}
+
+
+def test_a_service_that_keeps_restarting_fails_though_active_for_a_moment(
+    tmp_path: Path,
+) -> None:
+    """A simple service is "active" from its fork until its process exits: a payload that
+    crashes and is restarted over and over looks active at most instants."""
+    env = crash_looping(tmp_path, up_seconds=1.5, restarts=7)
+    args = arguments(units=["node-payload.service"], settle_seconds=0, drop_in_dir=None)
+    report = parse(run(env, args).stdout)
+    (check,) = [c for c in report.checks if c.name == "unit:node-payload.service"]
+    assert not check.ok and not report.ok
+    assert check.detail.splitlines()[0] == (
+        "node-payload.service is active, but its process has been up for less than 10s "
+        "(restarted 7 times)"
+    )
+
+
+@pytest.mark.parametrize(("up", "stable", "ok"), [(30, 10, True), (5, 10, False), (5, 3, True)])
+def test_a_service_counts_once_its_process_has_been_up_long_enough(
+    tmp_path: Path, up: float, stable: int, ok: bool
+) -> None:
+    env = crash_looping(tmp_path, up_seconds=up, restarts=0)
+    args = arguments(
+        units=["node-payload.service"], settle_seconds=0, stable_seconds=stable, drop_in_dir=None
+    )
+    report = parse(run(env, args).stdout)
+    (check,) = [c for c in report.checks if c.name == "unit:node-payload.service"]
+    assert check.ok == ok
+    if not ok:
+        assert check.detail.splitlines()[0].endswith(f"up for less than {stable}s")

@@ -27,6 +27,8 @@ SCRIPT = r"""#!/bin/sh
 # guests. Options:
 #   -w SECONDS  wait up to SECONDS for the boot to finish, then check the system state
 #   -s SECONDS  how long the -u units may take to become active
+#   -S SECONDS  how long a unit's main process must have been up to count (a service that
+#               crashes and is restarted is "active" for a moment each time)
 #   -u UNIT     a unit that must be active (repeatable)
 #   -m MOUNT    a mount point whose use must be at most -d percent (repeatable)
 #   -d PERCENT  the disk use limit
@@ -34,17 +36,19 @@ SCRIPT = r"""#!/bin/sh
 #   -t SECONDS  the time limit of each of those
 # One line per check: IMGLINE-CHECK <ok|failed> <name> <detail>, then IMGLINE-CHECK-END <n>.
 set -u
-wait_boot='' settle=120 units='' mounts='' disk_max=90 dropins='' limit=60 failed=0
-while getopts w:s:u:m:d:x:t: opt; do
+wait_boot='' settle=120 stable=10 units='' mounts='' disk_max=90 dropins='' limit=60 failed=0
+while getopts w:s:S:u:m:d:x:t: opt; do
     case $opt in
         w) wait_boot=$OPTARG ;;
         s) settle=$OPTARG ;;
+        S) stable=$OPTARG ;;
         u) units="$units $OPTARG" ;;
         m) mounts="$mounts $OPTARG" ;;
         d) disk_max=$OPTARG ;;
         x) dropins=$OPTARG ;;
         t) limit=$OPTARG ;;
-        *) echo "usage: hostcheck [-w s] [-s s] [-u unit]... [-m mount]... [-d %] [-x dir]" \
+        *) echo "usage: hostcheck [-w s] [-s s] [-S s] [-u unit]... [-m mount]... [-d %]" \
+               "[-x dir]" \
                "[-t s]" >&2
            exit 64 ;;
     esac
@@ -59,12 +63,30 @@ emit() {
         "$(printf '%s\n' "$3" | awk '{ printf "%s%s", (NR > 1 ? "\\n" : ""), $0 }')"
 }
 
-# unit_state UNIT: "active", "done" (a oneshot that ran and exited 0), "skipped" (a oneshot
-# whose condition said it was not needed, e.g. host keys already made); else fails
+# microseconds since boot, the clock of systemd's *TimestampMonotonic properties (a host that
+# never suspends; HOSTCHECK_UPTIME lets the tests give their own)
+uptime_us() { awk '{ printf "%.0f", $1 * 1000000 }' "${HOSTCHECK_UPTIME:-/proc/uptime}"; }
+
+# unit_state UNIT: "active" (its main process up for at least -S seconds), "done" (a oneshot
+# that ran and exited 0), "skipped" (a oneshot whose condition said it was not needed, e.g.
+# host keys already made); else fails, with why in $why
 unit_state() {
-    if systemctl is-active --quiet -- "$1"; then echo active; return 0; fi
+    why=''
     props=$(systemctl show -p Type -p Result -p ActiveState -p ExecMainStartTimestampMonotonic \
-        -p ConditionResult -p ConditionTimestampMonotonic -- "$1" 2>/dev/null)
+        -p ConditionResult -p ConditionTimestampMonotonic -p NRestarts -- "$1" 2>/dev/null)
+    if systemctl is-active --quiet -- "$1"; then
+        started=$(printf '%s\n' "$props" | sed -n 's/^ExecMainStartTimestampMonotonic=//p')
+        case $props in *Type=oneshot*) started=0 ;; esac
+        case $started in ''|*[!0-9]*) started=0 ;; esac
+        if [ "$started" -gt 0 ] && [ $(( $(uptime_us) - started )) -lt $(( stable * 1000000 )) ]
+        then
+            restarts=$(printf '%s\n' "$props" | sed -n 's/^NRestarts=//p')
+            why="$1 is active, but its process has been up for less than ${stable}s"
+            case $restarts in ''|0) ;; *) why="$why (restarted $restarts times)" ;; esac
+            return 1
+        fi
+        echo active; return 0
+    fi
     case $props in *Type=oneshot*) ;; *) return 1 ;; esac
     case $props in *Result=success*) ;; *) return 1 ;; esac
     case $props in *ActiveState=inactive*) ;; *) return 1 ;; esac
@@ -105,11 +127,14 @@ for unit in $units; do
     while ! unit_state "$unit" >/dev/null && [ "$(now)" -lt "$deadline" ]; do
         sleep 1
     done
-    if state=$(unit_state "$unit"); then
-        emit ok "unit:$unit" "$state"
+    if unit_state "$unit" >/dev/null; then
+        emit ok "unit:$unit" "$(unit_state "$unit")"
     else
-        state=$(systemctl is-active -- "$unit" 2>&1)
-        emit failed "unit:$unit" "$unit is ${state:-not active}
+        if [ -z "$why" ]; then
+            state=$(systemctl is-active -- "$unit" 2>&1)
+            why="$unit is ${state:-not active}"
+        fi
+        emit failed "unit:$unit" "$why
 $(journal "$unit" 15)"
     fi
 done
@@ -199,6 +224,7 @@ def arguments(
     units: Sequence[str] = (),
     mounts: Sequence[str] = (),
     settle_seconds: float = 120,
+    stable_seconds: float = 10,
     wait_boot_seconds: float | None = None,
     disk_max_percent: int = DISK_MAX_PERCENT,
     drop_in_dir: str | None = DROP_IN_DIR,
@@ -208,7 +234,8 @@ def arguments(
     args: list[str] = []
     if wait_boot_seconds is not None:
         args += ["-w", str(int(wait_boot_seconds))]
-    args += ["-s", str(int(settle_seconds)), "-d", str(int(disk_max_percent))]
+    args += ["-s", str(int(settle_seconds)), "-S", str(max(0, int(stable_seconds)))]
+    args += ["-d", str(int(disk_max_percent))]
     args += ["-t", str(max(1, int(script_timeout_seconds)))]
     for unit in units:
         if not _UNIT.match(unit):
