@@ -95,7 +95,7 @@ def install_script(
     release: HostRelease, boot_loader: str, admin_edits: Mapping[str, str] | None = None
 ) -> str:
     """Install ``release`` (job file ``image.img``) on the first disk; then play the admin and
-    edit files under /etc/imgline-test/ of the new layer."""
+    write ``admin_edits`` (path under /etc → text) into the new layer's /etc."""
     lines = [
         f'{UPDATER} install --disk "$IMGLINE_DISK0" --image /job/image.img'
         f" --sha256 {release.sha256} --boot-loader {boot_loader}"
@@ -104,10 +104,9 @@ def install_script(
     if admin_edits:
         layer = f"node-{release.version}+1"
         lines += ["mkdir -p /mnt/layer", f"mount /dev/imgline/{shlex.quote(layer)} /mnt/layer"]
-        for name, text in admin_edits.items():
-            lines.append(
-                f"printf %s {shlex.quote(text)} > /mnt/layer/etc/imgline-test/{shlex.quote(name)}"
-            )
+        for rel, text in admin_edits.items():
+            path = shlex.quote(f"/mnt/layer/etc/{rel}")
+            lines += [f'mkdir -p "$(dirname {path})"', f"printf %s {shlex.quote(text)} > {path}"]
         lines.append("umount /mnt/layer")
     return "\n".join(lines) + "\n"
 
