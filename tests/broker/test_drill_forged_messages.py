@@ -25,6 +25,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +174,7 @@ def test_every_topic_is_refused_from_every_account_but_its_owner(
     )
 
 
-def refused_all(url: str, msgs: list[fm_message.Message]) -> list[str]:
+def refused_all(url: str, msgs: Sequence[fm_message.Message]) -> list[str]:
     """The topics of ``msgs`` the broker let ``url``'s user publish on the pipeline exchange
     (confirmed publishes, as the CLI makes; a refusal closes the channel, so one each)."""
     conn = pika.BlockingConnection(pika.URLParameters(url))
@@ -218,7 +219,7 @@ def stored_image(store: LocalArtifactStore, build_id: str, version: str) -> p.Im
     )
 
 
-def built(ref: p.ImageRef) -> m.ImageBuiltV1:
+def built(ref: p.ImageRef) -> fm_message.Message:
     payload = p.ImageBuilt(
         build_id=ref.build_id,
         request_id="req-forged",

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 from bushelpers import ServiceProcess, service_process, wait_for
+from fedora_messaging import message as fm_message
 from prometheus_client.parser import text_string_to_metric_families
 from sampleimages import Images
 from tufrepo import client, make_tested
@@ -259,7 +260,7 @@ enabled = false
 """
 
 
-def built(ref: p.ImageRef) -> ImageBuiltV1:
+def built(ref: p.ImageRef) -> fm_message.Message:
     return ImageBuiltV1.from_payload(
         p.ImageBuilt(
             **ref.model_dump(),
