@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from imgline.core.fsutil import TMP_PREFIX, write_atomic
+from imgline.core.fsutil import TMP_PREFIX, out_of_space, write_atomic
 
 pytestmark = pytest.mark.unit
 
@@ -58,3 +58,14 @@ def test_concurrent_writers_never_share_a_temp_file(tmp_path: Path) -> None:
         t.join()
     assert path.read_bytes() in payloads
     assert os.listdir(tmp_path) == ["timestamp.json"]
+
+
+def test_a_full_file_system_is_told_apart_from_other_write_errors(tmp_path: Path) -> None:
+    """``/dev/full`` answers every write with the ENOSPC a full disk gives."""
+    with pytest.raises(OSError) as full, open("/dev/full", "wb", buffering=0) as dev:
+        dev.write(b"x")
+    assert out_of_space(full.value)
+    with pytest.raises(OSError) as missing:
+        write_atomic(tmp_path / "no" / "such" / "dir", b"x")
+    assert not out_of_space(missing.value)
+    assert not out_of_space(ValueError("no space"))

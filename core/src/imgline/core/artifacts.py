@@ -14,7 +14,6 @@ produced which digest) with the same atomicity, without a database.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import logging
 import os
@@ -23,13 +22,14 @@ import secrets
 import stat
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from pydantic import BaseModel, ConfigDict
 
 from imgline.core.errors import PermanentError, TransientError
-from imgline.core.fsutil import fsync_dir, write_temp
+from imgline.core.fsutil import fsync_dir, out_of_space, write_temp
 
 log = logging.getLogger(__name__)
 
@@ -129,19 +129,21 @@ class LocalArtifactStore:
             raise ArtifactError(f"cannot store {src}: it is not a regular file")
         self._ensure_dirs()
         if move and st.st_dev == self._tmp.stat().st_dev and not src.is_symlink():
-            return self._adopt(src)
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="put-")
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as sink, src.open("rb") as source:
-                digest, size = hash_stream(source, sink)
-                sink.flush()
-                os.fchmod(sink.fileno(), OBJECT_MODE)
-                os.fsync(sink.fileno())
-            stored = self._commit(tmp, digest, size)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            with self._room():
+                return self._adopt(src)
+        with self._room():
+            fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="put-")
+            tmp = Path(tmp_name)
+            try:
+                with os.fdopen(fd, "wb") as sink, src.open("rb") as source:
+                    digest, size = hash_stream(source, sink)
+                    sink.flush()
+                    os.fchmod(sink.fileno(), OBJECT_MODE)
+                    os.fsync(sink.fileno())
+                stored = self._commit(tmp, digest, size)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         if move:
             src.unlink()
         return stored
@@ -153,12 +155,13 @@ class LocalArtifactStore:
         if existing is not None:
             return existing
         self._ensure_dirs()
-        tmp = self._write_tmp(data, OBJECT_MODE, prefix="put-")
-        try:
-            return self._commit(tmp, digest, len(data))
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with self._room():
+            tmp = self._write_tmp(data, OBJECT_MODE, prefix="put-")
+            try:
+                return self._commit(tmp, digest, len(data))
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
 
     def path_for(self, sha256: str) -> Path:
         """Where the object with this digest lives (whether or not it exists yet)."""
@@ -190,13 +193,14 @@ class LocalArtifactStore:
         """Atomically create or replace record ``namespace/key`` with ``data``."""
         path = self._record_path(namespace, key)
         self._ensure_dirs()
-        path.parent.mkdir(exist_ok=True)
-        tmp = self._write_tmp(data, RECORD_MODE, prefix="rec-")
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with self._room():
+            path.parent.mkdir(exist_ok=True)
+            tmp = self._write_tmp(data, RECORD_MODE, prefix="rec-")
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         fsync_dir(path.parent)
         return path
 
@@ -208,14 +212,15 @@ class LocalArtifactStore:
         """
         path = self._record_path(namespace, key)
         self._ensure_dirs()
-        path.parent.mkdir(exist_ok=True)
-        tmp = self._write_tmp(data, RECORD_MODE, prefix="claim-")
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        finally:
-            tmp.unlink()
+        with self._room():
+            path.parent.mkdir(exist_ok=True)
+            tmp = self._write_tmp(data, RECORD_MODE, prefix="claim-")
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                tmp.unlink()
         fsync_dir(path.parent)
         return True
 
@@ -254,6 +259,21 @@ class LocalArtifactStore:
                 f"cannot create the artifact store under {self.root}: {exc.strerror}; "
                 "check the path and its permissions"
             ) from exc
+
+    @contextlib.contextmanager
+    def _room(self) -> Iterator[None]:
+        """Turn a write refused for want of space into ``StoreUnavailableError``: the input is
+        fine, and the work succeeds on a later try once space is freed (whatever failed has
+        already removed its temporary file)."""
+        try:
+            yield
+        except OSError as exc:
+            if out_of_space(exc):
+                raise StoreUnavailableError(
+                    f"no space left in the artifact store {self.root} ({exc.strerror}): free "
+                    "space there; the work is retried"
+                ) from exc
+            raise
 
     def _write_tmp(self, data: bytes, mode: int, *, prefix: str) -> Path:
         """A new fsynced file under ``tmp/`` holding ``data``, ready to be renamed or linked."""
@@ -302,12 +322,7 @@ class LocalArtifactStore:
             tmp.unlink()
             return existing
         target = self._objects / digest
-        try:
-            os.replace(tmp, target)
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise StoreUnavailableError(f"no space left under {self.root}: free some") from exc
-            raise
+        os.replace(tmp, target)  # callers hold _room(): a full directory block is no space too
         fsync_dir(self._objects)
         log.info("stored artifact sha256:%s (%d bytes)", digest, size)
         return self._stored(digest, size)

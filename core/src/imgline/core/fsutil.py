@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -13,6 +14,16 @@ from pathlib import Path
 from imgline.core.errors import TransientError
 
 log = logging.getLogger(__name__)
+
+
+#: What a write returns when the file system (or the user's quota on it) is full: nothing wrong
+#: with the input, and freeing space fixes it, so callers raise their transient error.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write refused for want of space."""
+    return isinstance(exc, OSError) and exc.errno in NO_SPACE
 
 
 def mounts_below(path: Path) -> list[Path]:

@@ -1,6 +1,6 @@
 """The publisher's error types: each is either about the release (permanent: the image is
-rejected with the text) or about the repository (transient: retried, then dead-lettered so
-the release can be replayed once an operator has restored the repository)."""
+rejected with the text) or about the repository (transient: retried, and only on the last try
+rejected, so the release can be sent again once an operator has restored the repository)."""
 
 from __future__ import annotations
 
@@ -27,9 +27,11 @@ class RetiredError(ReleaseError):
 
 
 class RepositoryError(PublisherError, TransientError):
-    """The repository on disk does not verify or cannot be signed: nothing is published until
-    it is restored. Transient, so the release waits (retried, then dead-lettered for replay)
-    instead of being rejected for the repository's fault."""
+    """The repository on disk does not verify, cannot be signed, or its disk is full: nothing
+    is published until it is restored. Transient, so the release waits through the retries
+    instead of being rejected at once for the repository's fault; only on the last try does
+    it end in ``image.rejected`` ("gave up after N attempts: ..."), and the same
+    ``image.tested`` sent again once the repository is restored is published."""
 
 
 class RepositoryConfigError(PublisherError, ConfigError):

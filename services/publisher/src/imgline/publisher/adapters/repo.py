@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from tuf.api.metadata import TargetFile, Targets
 
 from imgline.core.artifacts import ArtifactError, verify_digest
-from imgline.core.fsutil import TMP_PREFIX, fsync_dir, write_atomic
+from imgline.core.fsutil import TMP_PREFIX, fsync_dir, out_of_space, write_atomic
 from imgline.core.trust import layout
 from imgline.core.trust.errors import TrustError
 from imgline.core.trust.keys import KeyDir
@@ -180,6 +180,18 @@ class Repository:
         """Put a tested image into its stream; idempotent per (name, version, build_id)."""
         if not tested.passed:
             raise ReleaseError(f"build {tested.build_id} did not pass its tests: not published")
+        try:
+            return self._publish(tested, image_file)
+        except OSError as exc:
+            if not out_of_space(exc):
+                raise
+            raise RepositoryError(
+                f"no space left on the repository's file system at {self.root} "
+                f"({exc.strerror}): free space there; the timestamp is written last, so hosts "
+                "still see the repository as it was, and the release is retried"
+            ) from exc
+
+    def _publish(self, tested: p.ImageTested, image_file: Path) -> Published:
         img = tested.image
         with self.tuf.locked():
             self._clean_leftovers()
@@ -346,12 +358,16 @@ class Repository:
         tmp = final.with_name(f"{TMP_PREFIX}{final.name}")
         tmp.unlink(missing_ok=True)
         try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-            with tmp.open("rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, final)
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+                with tmp.open("rb+") as f:
+                    os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a copy cut short (a full disk) is never left behind
+            raise
         fsync_dir(final.parent)
 
     # --- upkeep -----------------------------------------------------------------------------
