@@ -184,6 +184,32 @@ def service_process(
             pass  # the broker was restarted under it (a drill): nothing left to close
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...)."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        below = [c for c, p in parent.items() if p in frontier]
+        found += below
+        frontier = below
+    return found
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path`` (what a killed service may leave mounted)."""
+    prefix = str(path.resolve())
+    with open("/proc/self/mountinfo", encoding="utf-8") as info:
+        points = [line.split()[4] for line in info]
+    return [m for m in points if m == prefix or m.startswith(prefix + "/")]
+
+
 def post(url: str, body: bytes, headers: dict[str, str]) -> int:
     """POST to a service on loopback; the HTTP status, errors included."""
     req = urllib.request.Request(url, data=body, method="POST", headers=headers)  # noqa: S310
