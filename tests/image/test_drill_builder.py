@@ -14,7 +14,6 @@ the consumer's reconnect with a stand-in handler is tests/broker/test_bus.py.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -207,4 +206,3 @@ def test_broker_restarted_mid_build_announces_the_build_once(story: Story) -> No
     assert s.queue_left == 0
     assert s.dead_letters == []
     assert s.second_rc == 0
-    assert os.path.isdir(s.store.root)
