@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pika
+import pika.exceptions
 
 from imgline.core.bus import Consumer, topology
 from imgline.core.config import BusSettings, load_settings
@@ -84,7 +85,15 @@ class ServiceProcess:
     exchange of its own, with a queue that collects the events it emits."""
 
     def __init__(
-        self, conn: pika.BlockingConnection, exchange: str, watch: str, dlq: str, proc: Any
+        self,
+        conn: pika.BlockingConnection,
+        exchange: str,
+        watch: str,
+        dlq: str,
+        proc: Any,
+        *,
+        argv: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.conn, self.exchange, self.watch, self.dlq, self.proc = (
             conn,
@@ -93,8 +102,21 @@ class ServiceProcess:
             dlq,
             proc,
         )
+        self.argv, self.env = argv or [], env or {}
         self.channel = conn.channel()
         self.channel.confirm_delivery()
+
+    def kill(self) -> None:
+        """SIGKILL the service, as a crash or the OOM killer would: no handler runs."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def start_again(self, *, without: tuple[str, ...] = ()) -> None:
+        """A new process of the killed service on the same config, queue and exchange, and the
+        same extra environment except the variables named in ``without`` (a crash hook)."""
+        assert self.proc.poll() is not None, "the service still runs: kill() it first"
+        self.env = {k: v for k, v in self.env.items() if k not in without}
+        self.proc = subprocess.Popen(self.argv, env=dict(os.environ, **self.env))
 
     def publish(self, msg: Any) -> None:
         self.channel.basic_publish(self.exchange, msg.topic, msg._encoded_body, msg._properties)
@@ -131,9 +153,10 @@ def service_process(
     emits: tuple[str, ...],
     consumer_config: dict[str, Any],
     settings: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[ServiceProcess]:
     """Start ``imgline-<service>`` with a config written to ``tmp`` (``settings``: top-level
-    keys such as ``metrics_port``); stop it with SIGTERM."""
+    keys such as ``metrics_port``; ``env``: extra environment); stop it with SIGTERM."""
     # unique per call: a test that fails half-way must not leave work for the next one's service
     exchange = f"{service}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     config = tmp / f"{service}.toml"
@@ -153,16 +176,45 @@ def service_process(
         ch.queue_bind(watch, exchange, bus.routing_key(topic))
     # declare the service's queue first: a message published before it exists is lost
     topology.declare(ch, topology.service_topology(bus, consumes))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", f"imgline.{service}", "--config", str(config)],
-        env=dict(os.environ, IMGLINE_AMQP_URL=amqp_url),
-    )
+    argv = [sys.executable, "-m", f"imgline.{service}", "--config", str(config)]
+    extra = dict(env or {}, IMGLINE_AMQP_URL=amqp_url)
+    proc = subprocess.Popen(argv, env=dict(os.environ, **extra))
+    svc = ServiceProcess(conn, exchange, watch, bus.dead_letter_queue, proc, argv=argv, env=extra)
     try:
-        yield ServiceProcess(conn, exchange, watch, bus.dead_letter_queue, proc)
+        yield svc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-        conn.close()
+        svc.proc.send_signal(signal.SIGTERM)
+        svc.proc.wait(60)
+        try:
+            conn.close()
+        except pika.exceptions.AMQPError:
+            pass  # the broker was restarted under it (a drill): nothing left to close
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...)."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        below = [c for c, p in parent.items() if p in frontier]
+        found += below
+        frontier = below
+    return found
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path`` (what a killed service may leave mounted)."""
+    prefix = str(path.resolve())
+    with open("/proc/self/mountinfo", encoding="utf-8") as info:
+        points = [line.split()[4] for line in info]
+    return [m for m in points if m == prefix or m.startswith(prefix + "/")]
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> int:

@@ -5,6 +5,7 @@ can also trickle bytes or send endless data)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import threading
@@ -18,9 +19,10 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from imgline.core.trust import layout
 from imgline.core.trust.client import ClientLimits, RepositoryClient
 from imgline.core.trust.keys import KeyDir
-from imgline.core.trust.repository import TufRepository
+from imgline.core.trust.repository import JOURNAL, TufRepository
 from imgline.publisher.adapters.repo import Repository
 from imgline.schemas import payloads as p
 
@@ -188,3 +190,24 @@ def client(
     url: str, state: Path, root: bytes | None = None, limits: ClientLimits | None = None
 ) -> RepositoryClient:
     return RepositoryClient.for_base_url(url, state, root=root, limits=limits)
+
+
+def unaccounted_targets(repo: TufRepository) -> set[str]:
+    """Target files (relative to the root) that no signed role lists and that are not queued
+    for deletion: what an interrupted publish would leave behind for good."""
+    state = repo.load()
+    listed = {
+        (repo.targets_dir / layout.hashed_path(path, info.hashes["sha256"]))
+        .relative_to(repo.root_dir)
+        .as_posix()
+        for role in state.targets.values()
+        for path, info in role.signed.targets.items()
+    }
+    journal = repo.state_dir / JOURNAL
+    queued = (
+        {json.loads(line)["path"] for line in journal.read_text().splitlines()}
+        if journal.exists()
+        else set()
+    )
+    on_disk = {f.relative_to(repo.root_dir).as_posix() for f in repo.targets_dir.rglob("*")}
+    return {f for f in on_disk if (repo.root_dir / f).is_file()} - listed - queued

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from imgline.core.bus.policy import Outcome, Verdict, attempt_number, decide, retry_delay
+from imgline.core.bus.policy import (
+    Outcome,
+    Settled,
+    Verdict,
+    attempt_number,
+    decide,
+    retry_delay,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -62,3 +69,25 @@ def test_retry_delay_backs_off_exponentially_with_a_cap(
     base: float, attempt: int, delay: float
 ) -> None:
     assert retry_delay(base, attempt) == delay
+
+
+def test_a_settled_message_is_recognised_once() -> None:
+    settled = Settled()
+    settled.add("m1")
+    assert not settled.take("m2")
+    assert settled.take("m1")
+    assert not settled.take("m1")  # a later copy of it is handled as usual
+
+
+@pytest.mark.parametrize("message_id", [None, "", 7, b"m1"])
+def test_a_message_without_a_usable_id_is_never_taken_for_settled(message_id: object) -> None:
+    settled = Settled()
+    settled.add(message_id)
+    assert not settled.take(message_id)
+
+
+def test_settled_keeps_only_the_newest_ids() -> None:
+    settled = Settled(limit=2)
+    for message_id in ("a", "b", "c"):
+        settled.add(message_id)
+    assert [settled.take(m) for m in ("a", "b", "c")] == [False, True, True]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from tuf.api.metadata import Signed, TargetFile
-from tufrepo import BASE, Site, client, make_site, make_tested
+from tufrepo import BASE, Site, client, make_site, make_tested, unaccounted_targets
 
 from imgline.core.trust import layout
 from imgline.core.trust.repository import State
@@ -277,6 +277,22 @@ def test_a_crash_at_any_step_is_finished_by_the_redelivery(
     assert host_sees(site, host, None) == ["2", "1"]
     assert not list(site.root.rglob(".tmp-*"))
     assert not site.publisher().publish(tested, image).new
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_what_a_crashed_publish_wrote_is_listed_or_removed_by_the_redelivery(
+    site: Site, tmp_path: Path, step: str
+) -> None:
+    """The crashed attempt's manifest and release list differ from the redelivery's (they say
+    when they were made): left alone, they would stay on disk forever, listed by nothing."""
+    site.publisher().publish(*make_tested(tmp_path, "1", size=SIZE))
+    tested, image = make_tested(tmp_path, "2", size=SIZE)
+    with pytest.raises(Crash):
+        site.publisher(crash=crash_at(step)).publish(tested, image)
+    site.publisher().publish(tested, image)
+    assert listed(site.publisher()) == ["2", "1"]
+    assert unaccounted_targets(site.tuf()) == set()
+    assert not (site.tuf().state_dir / "placing.jsonl").exists()
 
 
 @pytest.mark.parametrize("step", STEPS[:2])

@@ -120,6 +120,7 @@ class Consumer:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._inflight: dict[int, _Delivery] = {}
+        self._settled = policy.Settled()  # done while the connection was down
         self.connects = 0  # successful broker sessions: 1 unless the broker went away
         self._conn: BlockingConnection | None = None
         self._side: BlockingChannel | None = None  # confirmed publishes: retries, dead letters
@@ -304,6 +305,10 @@ class Consumer:
             delivery.future = _resolved((policy.Outcome.INVALID, reason))
             return
         delivery.ids = log_ids(msg, rk, props)
+        if self._settled.take(props.message_id):
+            log.info("%s was handled before the broker connection was lost: acked", delivery.ids)
+            delivery.future = _resolved((policy.Outcome.DONE, ""))
+            return
         route = self._routes.get(type(msg))
         if route is None:
             reason = (
@@ -486,13 +491,18 @@ class Consumer:
 
     def _drain_after_loss(self) -> None:
         """The acks of messages in hand are gone with the connection: let their work finish
-        (its effects stay; the idempotency record skips the redelivery) and forget them."""
+        (its effects stay) and remember the ones that are done, so that their redelivery is
+        acked without announcing their result again (the idempotency record would skip the
+        work, not the announcement)."""
         for d in list(self._inflight.values()):
             if d.future is not None:
                 try:
-                    d.future.result()
+                    outcome, _error = d.future.result()
                 except Exception:
                     log.debug("in-flight handler failed during reconnect", exc_info=True)
+                else:
+                    if d.started and outcome is policy.Outcome.DONE:
+                        self._settled.add(d.properties.message_id)
             if d.started:
                 self.metrics.in_flight.labels(self.settings.service).dec()
         self._inflight.clear()

@@ -7,6 +7,7 @@ The rule that stops poison-message loops lives here: a message is tried at most
 from __future__ import annotations
 
 import enum
+from collections import OrderedDict
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -85,3 +86,29 @@ def retry_delay(base_seconds: float, attempt: int, cap_seconds: float = 60.0) ->
     if base_seconds <= 0:
         return 0.0
     return float(min(cap_seconds, base_seconds * 2 ** max(0, attempt - 1)))
+
+
+class Settled:
+    """Message ids whose handler finished while the broker connection was down.
+
+    Their acks went with the connection, so the broker hands the same message out again.
+    Handling it again would be safe (stages replay their stored result) but would announce
+    the result a second time. A delivery whose message id is here is acknowledged as done
+    instead, once. Bounded: only a broker outage fills it, and the oldest ids go first."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        self.limit = limit
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, message_id: object) -> None:
+        if not isinstance(message_id, str) or not message_id:
+            return  # without an id a redelivery cannot be recognised: it is handled again
+        self._ids[message_id] = None
+        while len(self._ids) > self.limit:
+            self._ids.popitem(last=False)
+
+    def take(self, message_id: object) -> bool:
+        """Whether ``message_id`` was settled; it is forgotten either way."""
+        if not isinstance(message_id, str):
+            return False
+        return self._ids.pop(message_id, False) is None

@@ -16,6 +16,7 @@ from imgline.core.artifacts import LocalArtifactStore
 from imgline.core.bus import Consumer
 from imgline.core.bus.stage import StageHandler
 from imgline.core.config import BusSettings, load_settings
+from imgline.core.crashpoint import crash_hook
 from imgline.core.errors import ConfigError, ImglineError
 from imgline.core.service import run_service, service_config
 from imgline.core.trust.keys import KeyDir
@@ -27,6 +28,10 @@ from imgline.publisher.settings import PublisherConfig
 from imgline.schemas.messages import ImageTestedV1
 
 log = logging.getLogger(__name__)
+
+#: A fault drill's crash point: the publish step after which the process is SIGKILLed
+#: (``image_linked``, ``targets_placed``, ``committed``; see ``adapters.repo``).
+CRASH_ENV = "IMGLINE_PUBLISHER_CRASH_AT"
 
 
 def make_repository(config: PublisherConfig) -> Repository:
@@ -40,6 +45,7 @@ def make_repository(config: PublisherConfig) -> Repository:
             keep_per_stream=config.keep_per_stream,
             layout_=config.install,
             expiry=config.expiry,
+            crash=crash_hook(CRASH_ENV),
         )
         repo.tuf.check_keys(repo.load())  # a missing or unreadable key fails now, by role
         repo.refresh()

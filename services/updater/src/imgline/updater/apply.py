@@ -10,9 +10,7 @@ that doing one twice is harmless, and a half-done /etc merge is redone from a fr
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from imgline.core.artifacts import hash_stream
+from imgline.core.crashpoint import crash_hook
 from imgline.core.fsutil import write_atomic
 from imgline.core.liveimg import FACTORY_ETC
 from imgline.schemas.payloads import utcnow
@@ -111,7 +110,7 @@ class Applier:
         self.boot = boot_dir
         self.clock = clock
         self.running_root = running_root
-        self._crash_after = os.environ.get(CRASH_ENV)
+        self._crash = crash_hook(CRASH_ENV)
 
     # --- the whole apply ----------------------------------------------------------------------
 
@@ -142,8 +141,7 @@ class Applier:
                 error = UpdaterError(f"{step} failed: {exc}", step)
                 self._fail(jr, step, error)
                 raise error from exc
-            if self._crash_after == step:
-                os.kill(os.getpid(), signal.SIGKILL)
+            self._crash(step)
             jr = jr.mark_done(step)
             journal.save_json(self.files.journal, jr)
             log.info(

@@ -14,8 +14,11 @@ One publish, under the repository lock:
    only after every snapshot that may list them has expired.
 
 A crash anywhere before 4 leaves the previous release list in force and unreferenced files
-behind (``.tmp-*`` ones are removed by the next publish); a redelivery of the same build
-finishes the publish. ``crash`` is a test hook called between the steps.
+behind; a redelivery of the same build finishes the publish. Each target file a publish creates
+is first recorded in ``.state/placing.jsonl``, so the next publish removes those of an
+interrupted one that no signed role lists (they were never listed, so no host can need them;
+a redelivery writes its own: the manifest and release list carry the time they were made), as
+well as ``.tmp-*`` files. ``crash`` is a test hook called between the steps.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ from imgline.publisher.errors import (
 from imgline.schemas import payloads as p
 
 log = logging.getLogger(__name__)
+
+#: The target files the publish in progress created (one relative path a line), removed once
+#: it committed: what is left in it after a crash and not listed is an orphan.
+PLACING = "placing.jsonl"
 
 
 class LedgerRecord(BaseModel):
@@ -202,6 +209,7 @@ class Repository:
                     f"{tested.build_id}: a version is never reused, build a new one"
                 )
             state = self.load()
+            self._remove_unlisted_placed(state)
             if record is not None and record.state == "published" and record.manifest:
                 return self._describe(state, record.manifest, new=False)
             current = self.releases(state, img.stream)  # verified before anything is written
@@ -234,6 +242,7 @@ class Repository:
             self.crash("targets_placed")
             commit = self.tuf.commit(state, changed)
             self.tuf.retire(retired)  # only once nothing current lists them
+            (self.tuf.state_dir / PLACING).unlink(missing_ok=True)  # all listed now
             self.crash("committed")
             self.ledger.put(claim.model_copy(update={"state": "published", "manifest": manifest}))
             self.tuf.collect_garbage()
@@ -345,6 +354,7 @@ class Repository:
         info = TargetFile.from_data(path, data, ["sha256"])
         final = self._file_of(info)
         if not final.exists():  # content-addressed: an existing file already holds these bytes
+            self._placing(final)
             final.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(final, data)
         return info
@@ -354,6 +364,7 @@ class Repository:
         final = self._file_of(info)
         if final.exists():
             return
+        self._placing(final)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f"{TMP_PREFIX}{final.name}")
         tmp.unlink(missing_ok=True)
@@ -382,6 +393,34 @@ class Repository:
     def announce(self, build_id: str, done: Published) -> p.ImagePublished:
         """``image.published`` for ``done`` (see ``published_event``)."""
         return published_event(self, build_id, done)
+
+    def _placing(self, final: Path) -> None:
+        """Record ``final`` before it is created (synced: the record must outlive a crash)."""
+        self.tuf.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with (self.tuf.state_dir / PLACING).open("a") as placing:
+            placing.write(final.relative_to(self.root).as_posix() + "\n")
+            placing.flush()
+            os.fsync(placing.fileno())
+
+    def _remove_unlisted_placed(self, state: State) -> None:
+        """Remove what an interrupted publish created and no signed role lists (under the lock;
+        a file a role lists stays: the crash came after the commit)."""
+        placing = self.tuf.state_dir / PLACING
+        try:
+            placed = set(placing.read_text().split())
+        except FileNotFoundError:
+            return
+        listed = {
+            self._public_path(info)
+            for role in state.targets.values()
+            for info in role.signed.targets.values()
+        }
+        for rel in sorted(placed - listed):
+            path = self.root / rel
+            if path.resolve().is_relative_to(self.tuf.targets_dir.resolve()):
+                log.warning("removing %s, written by an interrupted publish and never listed", rel)
+                path.unlink(missing_ok=True)
+        placing.unlink()
 
     def _clean_leftovers(self) -> None:
         """``.tmp-*`` files an interrupted publish left (never listed; safe under the lock)."""
