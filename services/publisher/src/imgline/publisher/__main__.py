@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 
 from imgline.core import logs
@@ -21,10 +22,12 @@ from imgline.core.service import run_service, service_config
 from imgline.core.trust.keys import KeyDir
 from imgline.publisher import http
 from imgline.publisher.adapters.repo import Repository
+from imgline.publisher.domain import rollout
 from imgline.publisher.handlers import PublishMetrics, PublishStage, StoreVerdicts
 from imgline.publisher.repometrics import RepositoryCollector
+from imgline.publisher.rollouts import ReportLog, RolloutController
 from imgline.publisher.settings import PublisherConfig
-from imgline.schemas.messages import ImageTestedV1
+from imgline.schemas.messages import HostRolledBackV1, HostUpgradedV1, ImageTestedV1
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ def make_repository(config: PublisherConfig) -> Repository:
             keep_per_stream=config.keep_per_stream,
             layout_=config.install,
             expiry=config.expiry,
+            first_wave=partial(rollout.first_wave, config.rollout),
         )
         repo.tuf.check_keys(repo.load())  # a missing or unreadable key fails now, by role
         repo.refresh()
@@ -94,6 +98,11 @@ def build_consumer(settings: BusSettings) -> Consumer:
         publish=consumer.publisher.publish,
     )
     consumer.on(ImageTestedV1, handler)
+    controller = RolloutController(
+        repository, config.rollout, ReportLog(repository.tuf.state_dir / "rollout")
+    ).start()
+    consumer.on(HostUpgradedV1, controller.on_upgraded)
+    consumer.on(HostRolledBackV1, controller.on_rolled_back)
     return consumer
 
 
