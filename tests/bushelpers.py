@@ -114,6 +114,13 @@ class ServiceProcess:
         raise AssertionError(f"no event within {timeout:.0f}s")
 
 
+def toml_value(value: Any) -> str:
+    """A TOML value: JSON's form for strings, numbers and lists, an inline table for a dict."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
 @contextmanager
 def service_process(
     service: str,
@@ -122,7 +129,7 @@ def service_process(
     *,
     consumes: tuple[str, ...],
     emits: tuple[str, ...],
-    consumer_config: dict[str, str],
+    consumer_config: dict[str, Any],
     settings: dict[str, Any] | None = None,
 ) -> Iterator[ServiceProcess]:
     """Start ``imgline-<service>`` with a config written to ``tmp`` (``settings``: top-level
@@ -130,7 +137,7 @@ def service_process(
     # unique per call: a test that fails half-way must not leave work for the next one's service
     exchange = f"{service}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     config = tmp / f"{service}.toml"
-    table = "".join(f"{k} = {json.dumps(v)}\n" for k, v in consumer_config.items())
+    table = "".join(f"{k} = {toml_value(v)}\n" for k, v in consumer_config.items())
     top = "".join(f"{k} = {json.dumps(v)}\n" for k, v in (settings or {}).items())
     config.write_text(
         f'service = "{service}"\nexchange = "{exchange}"\n{top}'

@@ -16,7 +16,7 @@ NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 def entry(version: str, share: float = 0.1, **kw: object) -> rollout.Rollout:
     return rollout.Rollout.model_validate(
-        {"name": "node", "version": version, "share": share, "changed": NOW, **kw}
+        {"name": "node", "version": version, "share_ppm": rollout.ppm(share), "changed": NOW, **kw}
     )
 
 
@@ -69,8 +69,12 @@ def test_an_empty_table_leaves_no_field() -> None:
 @pytest.mark.parametrize(
     "raw",
     [
-        {"rollouts": [{"name": "node", "version": "1", "share": 2.0, "changed": "2026-12-01"}]},
-        {"rollouts": [{"name": "../x", "version": "1", "share": 0.1, "changed": "2026-12-01"}]},
+        {
+            "rollouts": [
+                {"name": "node", "version": "1", "share_ppm": 2_000_000, "changed": "2026-12-01"}
+            ]
+        },
+        {"rollouts": [{"name": "../x", "version": "1", "share_ppm": 0.5, "changed": "2026-12-01"}]},
         {"format": "imgline-rollout/9", "rollouts": []},
         {"rollouts": "all"},
     ],

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from imgline.core.trust.rollout import Rollout, position, wave_of
+from imgline.core.trust.rollout import Rollout, position, ppm, wave_of
 from imgline.publisher.domain.rollout import (
     RolloutConfig,
     Step,
@@ -31,7 +31,7 @@ def at(share: float, *, age: float = 3600, paused: bool = False) -> Rollout:
     return Rollout(
         name="node",
         version="2",
-        share=share,
+        share_ppm=ppm(share),
         paused=paused,
         changed=NOW - timedelta(seconds=age),
     )
@@ -50,7 +50,7 @@ def test_defaults_stage_nothing_and_pause_on_a_fifth() -> None:
     assert config.waves == [1.0]
     assert first_wave(config, "node", "2", NOW) is None
     assert first_wave(CONFIG, "node", "2", NOW) == Rollout(
-        name="node", version="2", share=0.01, changed=NOW
+        name="node", version="2", share_ppm=10_000, changed=NOW
     )
 
 
@@ -96,6 +96,13 @@ def test_a_release_open_to_all_is_paused_too() -> None:
     step = next_step(CONFIG, None, [Tally(0, 0), Tally(0, 0), Tally(0, 0), Tally(2, 8)], NOW)
     assert step is not None and (step.action, step.share) == ("pause", 1.0)
     assert next_step(CONFIG, None, [Tally(50, 0)], NOW) is None  # and never "opened"
+
+
+def test_reports_of_waves_not_open_yet_do_not_pause() -> None:
+    beyond = [Tally(5, 0), Tally(0, 10)]
+    assert next_step(CONFIG, at(0.01, age=0), beyond, NOW) is None
+    step = next_step(CONFIG, at(0.1, age=0), beyond, NOW)
+    assert step is not None and step.action == "pause"
 
 
 def test_a_paused_release_stays_paused() -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from imgline.core.trust import rollout
 from imgline.core.trust.layout import Release, ReleaseIndex
+from imgline.core.trust.rollout import ppm
 from imgline.updater.domain.policy import Candidate, HostView, choose, decide
 from imgline.updater.settings import HostConfig
 
@@ -25,7 +26,7 @@ def staged(share: float = 1.0, *, paused: bool = False) -> Candidate:
     r = rollout.Rollout(
         name="node",
         version=VERSION,
-        share=share,
+        share_ppm=ppm(share),
         paused=paused,
         reason="8 of 10 rolled back" if paused else None,
         changed=NOW,
@@ -101,7 +102,7 @@ def release(version: str) -> Release:
 
 def test_choose_skips_a_paused_newest_release_for_the_one_before() -> None:
     index = ReleaseIndex(stream="stable", releases=[release("3"), release("2"), release("1")])
-    pause = rollout.Rollout(name="node", version="3", share=0.1, paused=True, changed=NOW)
+    pause = rollout.Rollout(name="node", version="3", share_ppm=100_000, paused=True, changed=NOW)
     table = rollout.RolloutTable(rollouts=[pause])
     assert choose(index, table, "node") == release("2")
     assert choose(index, rollout.RolloutTable(), "node") == release("3")

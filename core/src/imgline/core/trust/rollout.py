@@ -29,6 +29,8 @@ from imgline.core.trust.errors import TrustError
 #: The key in the ``custom`` field of ``<stream>/releases.json`` that holds the table.
 CUSTOM_KEY = "imgline-rollout"
 FORMAT: Literal["imgline-rollout/1"] = "imgline-rollout/1"
+#: Shares are signed in parts per million (canonical JSON has integers, not floats).
+PPM = 1_000_000
 _FRACTION_BITS = 40  # with the 0..99 bucket this stays exact in a float's 53 bits
 
 
@@ -54,6 +56,11 @@ def position(host_id: str, name: str, version: str) -> float:
     return (whole + fraction) / 100
 
 
+def ppm(share: float) -> int:
+    """A share in [0, 1] as the integer parts per million the table signs."""
+    return round(share * PPM)
+
+
 def wave_of(place: float, waves: Sequence[float]) -> int:
     """The index of the first wave whose share covers ``place``; ``len(waves)`` when none
     does (waves are increasing shares, e.g. ``[0.01, 0.1, 0.5, 1.0]``)."""
@@ -67,10 +74,20 @@ class Rollout(BaseModel):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
     version: str = Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z._+~-]{0,63}$")
-    share: float = Field(ge=0.0, le=1.0, description="hosts whose place is below it may take it")
+    share_ppm: int = Field(
+        ge=0,
+        le=PPM,
+        description="hosts whose place is below share_ppm / 1e6 may take it (an integer: "
+        "signed metadata is canonical JSON, which has no floats)",
+    )
     paused: bool = Field(default=False, description="no host takes it, whatever its place")
     reason: str | None = Field(default=None, max_length=1000, description="why it was paused")
     changed: datetime = Field(description="when share or pause last changed (soak timing)")
+
+    @property
+    def share(self) -> float:
+        """The open share of hosts, in [0, 1]."""
+        return self.share_ppm / PPM
 
     def admits(self, place: float) -> bool:
         return not self.paused and place < self.share

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from imgline.core.trust.rollout import Rollout, position, wave_of
+from imgline.core.trust.rollout import Rollout, position, ppm, wave_of
 
 Outcome = Literal["upgraded", "rolled_back"]
 
@@ -124,7 +124,9 @@ def next_step(
 
 
 def _pause(config: RolloutConfig, share: float, tallies: Sequence[Tally]) -> Step | None:
-    for i, t in enumerate(tallies):
+    """Only the open waves count: a report from a host outside the open share (an admin's
+    manual apply) is not what the wave was meant to test."""
+    for i, t in enumerate(tallies[: wave_index(share, config.waves) + 1]):
         if t.reports >= config.min_reports and t.rollback_share > config.pause_share:
             return Step(
                 "pause",
@@ -161,16 +163,16 @@ def applied(step: Step, current: Rollout | None, name: str, version: str, now: d
         return Rollout(
             name=name,
             version=version,
-            share=step.share,
+            share_ppm=ppm(step.share),
             paused=True,
             reason=step.reason,
             changed=now,
         )
-    return Rollout(name=name, version=version, share=step.share, changed=now)
+    return Rollout(name=name, version=version, share_ppm=ppm(step.share), changed=now)
 
 
 def first_wave(config: RolloutConfig, name: str, version: str, now: datetime) -> Rollout | None:
     """The rollout a new release starts with; None when the first wave is every host."""
     if config.waves[0] >= 1.0:
         return None
-    return Rollout(name=name, version=version, share=config.waves[0], changed=now)
+    return Rollout(name=name, version=version, share_ppm=ppm(config.waves[0]), changed=now)
