@@ -1,4 +1,5 @@
-"""``imgline-publisher``: consume image.tested (default), or ``serve`` the repository over HTTP.
+"""``imgline-publisher``: consume image.tested and host reports (default), ``serve`` the
+repository over HTTP, or change a staged ``rollout`` by hand.
 
 Reads the TOML config (``IMGLINE_CONFIG``); wiring only.
 """
@@ -20,7 +21,7 @@ from imgline.core.config import BusSettings, load_settings
 from imgline.core.errors import ConfigError, ImglineError
 from imgline.core.service import run_service, service_config
 from imgline.core.trust.keys import KeyDir
-from imgline.publisher import http
+from imgline.publisher import http, rolloutcli
 from imgline.publisher.adapters.repo import Repository
 from imgline.publisher.domain import rollout
 from imgline.publisher.handlers import PublishMetrics, PublishStage, StoreVerdicts
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["serve"]:
         return serve(args[1:])
+    if args[:1] == ["rollout"]:
+        return rolloutcli.main(args[1:])
     return run_service("publisher", __doc__, build_consumer, args)
 
 
