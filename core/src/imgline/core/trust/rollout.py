@@ -17,6 +17,7 @@ release's open ``share``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -43,6 +44,7 @@ def bucket(host_id: str, name: str, version: str) -> int:
     return int.from_bytes(_digest(host_id, name, version)[:8], "big") % 100
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the controller places every reporting host per report
 def position(host_id: str, name: str, version: str) -> float:
     """The host's place in ``[0, 1)`` in the rollout of one release.
 
