@@ -10,8 +10,9 @@ rollout controller), the repository is served over loopback HTTP by the publishe
 its own process, which counts requests and body bytes.
 
 Printed, in one run:
-1. baseline: a plain pika fleet (one connection and one queue per host, same broker, same
-   processes) receiving one message published to all; the time until every host has it;
+1. baseline: a plain pika fleet (one connection and one durable quorum queue per host, as
+   each agent has, same broker, same processes) receiving one message published to all; the
+   time until every host has it;
 2. publish -> seen: ``image.published`` of a new release until each host's TUF client has
    verified metadata listing it (p50/p99/max over all hosts; target p99 < 2 s), and the time
    until each agent got its hint (the bus part), with the ratio to the baseline; the
@@ -156,13 +157,15 @@ class WorkerPlan:
 
 
 def _raw_fleet(plan: WorkerPlan, events: Any, stop: threading.Event, tag: str) -> None:
-    """Baseline: one plain pika connection, queue and consumer per host."""
+    """Baseline: one plain pika connection, quorum queue and consumer per host. Connections are
+    opened one after the other (a thousand handshakes at once time out), then each is driven
+    by a thread of its own, as each agent's consumer is."""
 
-    def one(host: str) -> None:
-        conn = pika.BlockingConnection(pika.URLParameters(plan.admin_url))
+    def consume(host: str, conn: pika.BlockingConnection) -> None:
         ch = conn.channel()
         name = f"bench.raw.{tag}.{host}"
-        ch.queue_declare(name, exclusive=True)
+        # the same kind of queue as each agent's: durable, quorum
+        ch.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
         ch.queue_bind(name, EXCHANGE, f"bench.raw.{tag}")
 
         def on_msg(chan: Any, method: Any, _props: Any, _body: bytes) -> None:
@@ -173,13 +176,17 @@ def _raw_fleet(plan: WorkerPlan, events: Any, stop: threading.Event, tag: str) -
         events.put(("raw_ready", host, "", time.time()))
         while not stop.is_set():
             conn.process_data_events(time_limit=0.2)
+        ch.queue_delete(name)
         conn.close()
 
-    threads = [threading.Thread(target=one, args=(h,), daemon=True) for h in plan.hosts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    threads = []
+    for host in plan.hosts:
+        conn = pika.BlockingConnection(pika.URLParameters(plan.admin_url))
+        thread = threading.Thread(target=consume, args=(host, conn), daemon=True)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join()
 
 
 def worker(plan: WorkerPlan, commands: Connection, events: Any) -> None:
@@ -476,6 +483,7 @@ def main() -> int:  # noqa: PLR0915 - one run, in order, printed as it goes
     logging.basicConfig(level=logging.WARNING)
     for noisy in ("pika", "imgline", "tuf", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     started = time.monotonic()
     ctx = mp.get_context("spawn")
     with ExitStack() as stack:
@@ -489,6 +497,7 @@ def main() -> int:  # noqa: PLR0915 - one run, in order, printed as it goes
         server_end, ours = ctx.Pipe()
         server = ctx.Process(target=serve, args=(repo.root_dir, server_end), daemon=True)
         server.start()
+        stack.callback(server.terminate)
         base_url = ours.recv().rstrip("/")
 
         def stats() -> tuple[int, int]:
@@ -508,6 +517,7 @@ def main() -> int:  # noqa: PLR0915 - one run, in order, printed as it goes
             parent_end, child_end = ctx.Pipe()
             proc = ctx.Process(target=worker, args=(plan, child_end, events), daemon=True)
             proc.start()
+            stack.callback(proc.terminate)  # on the way out, whatever happened
             pipes.append(parent_end)
             procs.append(proc)
         fleet = Fleet(events, pipes, hosts)
