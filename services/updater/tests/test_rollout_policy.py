@@ -111,3 +111,4 @@ def test_choose_skips_a_paused_newest_release_for_the_one_before() -> None:
     )
     assert choose(index, everything, "node") == release("3")  # decide() then says "paused"
     assert choose(index, table, "edge") is None
+    assert choose(index, table, "node", manual=True) == release("3")  # by hand: the newest

@@ -107,7 +107,7 @@ class Agent:
 
     def _check(self, reason: str, manual: bool) -> Verdict:
         try:
-            manifest, staged = self._newest()
+            manifest, staged = self._newest(manual=manual)
         except TrustError as exc:
             log.warning(
                 "check (%s): cannot read the signed repository at %s: %s; trying again at the "
@@ -165,9 +165,10 @@ class Agent:
             self._report_failure(manifest, view, crash, time.monotonic() - started)
         return verdict
 
-    def _newest(self) -> tuple[Manifest | None, Rollout | None]:
+    def _newest(self, *, manual: bool) -> tuple[Manifest | None, Rollout | None]:
         """The newest signed release of this host's image on its stream that is not paused
-        (``policy.choose``), and its signed rollout, after a refresh."""
+        (``policy.choose``; by hand, the newest one), and its signed rollout, after a
+        refresh."""
         self.client.refresh()
         stream = self.config.stream
         try:
@@ -178,7 +179,7 @@ class Agent:
             log.info("nothing to take: %s", exc)
             return None, None
         table = self.client.rollouts(stream)
-        release = choose(index, table, self.config.name)
+        release = choose(index, table, self.config.name, manual=manual)
         if release is None:
             return None, None
         return self.client.manifest(stream, release), table.of(release.name, release.version)

@@ -120,15 +120,18 @@ def rollout_bucket(host_id: str, name: str, version: str) -> int:
     return rollout.bucket(host_id, name, version)
 
 
-def choose(index: ReleaseIndex, table: rollout.RolloutTable, name: str) -> Release | None:
+def choose(
+    index: ReleaseIndex, table: rollout.RolloutTable, name: str, *, manual: bool = False
+) -> Release | None:
     """The release of ``name`` to consider: the newest one that is not paused.
 
     A paused release is skipped as if withdrawn, so a host that missed the release before it
     still gets that one. When every release is paused the newest is returned anyway, and
-    ``decide`` says why it is not taken.
+    ``decide`` says why it is not taken. By hand (``manual``) it is the newest release, paused
+    or not: an admin's apply overrides a pause.
     """
     mine = [r for r in index.releases if r.name == name]
-    open_ = [r for r in mine if not table.paused(r.name, r.version)]
+    open_ = [r for r in mine if manual or not table.paused(r.name, r.version)]
     pick = open_ or mine
     return pick[0] if pick else None
 
