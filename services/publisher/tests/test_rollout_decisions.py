@@ -118,9 +118,9 @@ def test_a_healthy_wave_opens_the_next_after_its_soak() -> None:
     assert (opened.share, opened.paused, opened.changed) == (0.1, False, NOW)
 
 
-def test_a_wave_with_too_few_reports_waits() -> None:
-    assert next_step(CONFIG, at(0.1), [Tally(2, 0), Tally(2, 0)], NOW) is None
-    step = next_step(CONFIG, at(0.1), [Tally(2, 0), Tally(3, 0)], NOW)  # counted together
+def test_a_wave_is_judged_by_its_own_reports() -> None:
+    assert next_step(CONFIG, at(0.1), [Tally(50, 0), Tally(4, 0)], NOW) is None
+    step = next_step(CONFIG, at(0.1), [Tally(0, 0), Tally(5, 0)], NOW)
     assert step is not None and step.share == 0.5
 
 
@@ -132,5 +132,5 @@ def test_a_share_set_by_hand_belongs_to_the_wave_above() -> None:
     assert wave_index(0.05, WAVES) == 1
     assert wave_index(0.1, WAVES) == 1
     assert wave_index(0.7, WAVES) == 3
-    step = next_step(CONFIG, at(0.05), [Tally(10, 0)], NOW)
+    step = next_step(CONFIG, at(0.05), [Tally(0, 0), Tally(10, 0)], NOW)
     assert step is not None and step.share == 0.5

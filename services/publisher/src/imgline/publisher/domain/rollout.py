@@ -6,8 +6,8 @@ place in the release's rollout (``imgline.core.trust.rollout.position``), so the
 not say it. A wave whose hosts roll back more than ``pause_share`` of the time, once at least
 ``min_reports`` of them have reported, pauses the release; the pause is final until an
 operator resumes it. A wave that has soaked for ``soak_seconds`` while at least
-``min_reports`` hosts inside the open share reported, and none of its waves is over the
-threshold, opens the next wave.
+``min_reports`` of its own hosts reported, and none of the open waves is over the threshold,
+opens the next wave.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class RolloutConfig(BaseModel):
         description="pause when more than this share of a wave's reports are rollbacks",
     )
     min_reports: int = Field(
-        default=5, ge=1, description="reports a wave needs before it can pause or advance"
+        default=5, ge=1, description="reports of its own hosts a wave needs to pause or advance"
     )
     soak_seconds: float = Field(
         default=3600.0, ge=0.0, description="how long a wave runs before the next may open"
@@ -146,14 +146,14 @@ def _open(
         return None
     if (now - current.changed).total_seconds() < config.soak_seconds:
         return None
-    inside = sum(t.reports for t in tallies[: wave + 1])
-    if inside < config.min_reports:
-        return None
+    own = tallies[wave].reports if wave < len(tallies) else 0
+    if own < config.min_reports:
+        return None  # a wave is judged by its own hosts, not by the waves before it
     following = config.waves[wave + 1]
     return Step(
         "open",
         following,
-        f"wave {wave + 1} healthy ({inside} reports); opening wave {wave + 2} ({following:.0%})",
+        f"wave {wave + 1} healthy ({own} reports); opening wave {wave + 2} ({following:.0%})",
     )
 
 
