@@ -20,7 +20,8 @@ Printed, in one run:
    the node) with the fleet connected;
 3. waves: the release starts at 1% of hosts; the controller opens 10%, 50% and 100% as each
    wave reports healthy; hosts are hinted again when a wave opens (the bench does what their
-   pull timer would do later);
+   pull timer would do later). When a round of checks takes longer than ``--soak``, the next
+   wave may open during it, and a line then counts the hosts of more than one wave;
 4. a rollback storm: a bad release, first wave 1%; its hosts roll back, the controller pauses
    it with a signed change, the fleet is hinted, and the run counts the hosts it spared.
 """
