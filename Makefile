@@ -39,6 +39,7 @@ bench: sync
 	$(UV) run --frozen python bench/repo.py
 	$(UV) run --frozen python bench/apply.py
 	$(UV) run --frozen python bench/ledger.py
+	$(UV) run --frozen python bench/fleet.py
 	$(UV) run --frozen python bench/pipeline.py
 
 # Regenerate committed artefacts derived from code (tests fail when they are stale).

@@ -48,8 +48,11 @@ ROLES: tuple[Role, ...] = (
     Role("trigger", publishes=("build.requested",)),
     Role("builder", consumes=("build.requested",), publishes=("build.failed", "image.built")),
     Role("tester", consumes=("image.built",), publishes=("image.tested",)),
+    # the publisher's rollout controller pauses a release its hosts roll back (docs/security.md)
     Role(
-        "publisher", consumes=("image.tested",), publishes=("image.published.#", "image.rejected")
+        "publisher",
+        consumes=("image.tested", "host.upgraded", "host.rolled_back"),
+        publishes=("image.published.#", "image.rejected"),
     ),
     Role(
         "updater",

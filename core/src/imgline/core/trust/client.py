@@ -26,7 +26,7 @@ from tuf.api import exceptions as tuf_exc
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
-from imgline.core.trust import layout
+from imgline.core.trust import layout, rollout
 from imgline.core.trust.errors import Reason, TrustError
 
 log = logging.getLogger(__name__)
@@ -298,6 +298,12 @@ class RepositoryClient:
                         f"{path} points to {p}, outside stream {stream}", "wrong_stream"
                     )
         return index
+
+    def rollouts(self, stream: str) -> rollout.RolloutTable:
+        """The stream's staged-rollout table: the ``custom`` field the stream's role signs on
+        its ``releases.json`` (empty when the publisher stages nothing)."""
+        path = layout.releases_target(stream)
+        return rollout.table_of(self.target(path).custom, path)
 
     def manifest(self, stream: str, release: layout.Release) -> layout.Manifest:
         """A release's signed manifest, checked against its index entry."""

@@ -1,4 +1,5 @@
-"""``imgline-publisher``: consume image.tested (default), or ``serve`` the repository over HTTP.
+"""``imgline-publisher``: consume image.tested and host reports (default), ``serve`` the
+repository over HTTP, or change a staged ``rollout`` by hand.
 
 Reads the TOML config (``IMGLINE_CONFIG``); wiring only.
 """
@@ -9,6 +10,7 @@ import argparse
 import logging
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 
 from imgline.core import logs
@@ -20,12 +22,14 @@ from imgline.core.crashpoint import crash_hook
 from imgline.core.errors import ConfigError, ImglineError
 from imgline.core.service import run_service, service_config
 from imgline.core.trust.keys import KeyDir
-from imgline.publisher import http
+from imgline.publisher import http, rolloutcli
 from imgline.publisher.adapters.repo import Repository
+from imgline.publisher.domain import rollout
 from imgline.publisher.handlers import PublishMetrics, PublishStage, StoreVerdicts
 from imgline.publisher.repometrics import RepositoryCollector
+from imgline.publisher.rollouts import ReportLog, RolloutController
 from imgline.publisher.settings import PublisherConfig
-from imgline.schemas.messages import ImageTestedV1
+from imgline.schemas.messages import HostRolledBackV1, HostUpgradedV1, ImageTestedV1
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ def make_repository(config: PublisherConfig) -> Repository:
             layout_=config.install,
             expiry=config.expiry,
             crash=crash_hook(CRASH_ENV),
+            first_wave=partial(rollout.first_wave, config.rollout),
         )
         repo.tuf.check_keys(repo.load())  # a missing or unreadable key fails now, by role
         repo.refresh()
@@ -100,6 +105,11 @@ def build_consumer(settings: BusSettings) -> Consumer:
         publish=consumer.publisher.publish,
     )
     consumer.on(ImageTestedV1, handler)
+    controller = RolloutController(
+        repository, config.rollout, ReportLog(repository.tuf.state_dir / "rollout")
+    ).start()
+    consumer.on(HostUpgradedV1, controller.on_upgraded)
+    consumer.on(HostRolledBackV1, controller.on_rolled_back)
     return consumer
 
 
@@ -128,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["serve"]:
         return serve(args[1:])
+    if args[:1] == ["rollout"]:
+        return rolloutcli.main(args[1:])
     return run_service("publisher", __doc__, build_consumer, args)
 
 

@@ -10,6 +10,7 @@ from pydantic import ConfigDict, Field
 from imgline.core.fetch import ArtifactAccess
 from imgline.core.trust.layout import Expiry
 from imgline.publisher.domain.installks import InstallLayout
+from imgline.publisher.domain.rollout import RolloutConfig
 
 
 class PublisherConfig(ArtifactAccess):
@@ -47,3 +48,7 @@ class PublisherConfig(ArtifactAccess):
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(default=8090, ge=0, le=65535)
     install: InstallLayout = InstallLayout()
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig,
+        description="staged waves of new releases and the automatic pause (docs/operations.md)",
+    )

@@ -33,11 +33,12 @@ from imgline.core.errors import ConfigError, ImglineError, TransientError
 from imgline.core.trust.client import RepositoryClient
 from imgline.core.trust.errors import TrustError
 from imgline.core.trust.layout import Manifest
+from imgline.core.trust.rollout import Rollout
 from imgline.schemas import payloads as p
 from imgline.schemas.messages import ImagePublishedV1
 from imgline.schemas.payloads import utcnow
 from imgline.updater import hostlock
-from imgline.updater.domain.policy import Candidate, HostView, Verdict, decide
+from imgline.updater.domain.policy import Candidate, HostView, Verdict, choose, decide
 from imgline.updater.errors import UpdaterError
 from imgline.updater.metrics import HostMetrics
 from imgline.updater.outbox import Outbox
@@ -106,7 +107,7 @@ class Agent:
 
     def _check(self, reason: str, manual: bool) -> Verdict:
         try:
-            manifest = self._newest()
+            manifest, staged = self._newest(manual=manual)
         except TrustError as exc:
             log.warning(
                 "check (%s): cannot read the signed repository at %s: %s; trying again at the "
@@ -124,15 +125,22 @@ class Agent:
                     "check (%s): the host is busy: %s; the next trigger tries again", reason, exc
                 )
                 return Verdict(action="skip", reason=f"host busy: {exc}", reboot=False)
-            return self._decide_and_act(manifest, reason, manual)
+            return self._decide_and_act(manifest, staged, reason, manual)
 
-    def _decide_and_act(self, manifest: Manifest | None, reason: str, manual: bool) -> Verdict:
+    def _decide_and_act(
+        self, manifest: Manifest | None, staged: Rollout | None, reason: str, manual: bool
+    ) -> Verdict:
         """Under the host's lock: what the host runs now decides what to do with ``manifest``."""
         view = self.host.view(self.clock())
         candidate = (
             None
             if manifest is None
-            else Candidate(name=manifest.name, version=manifest.version, build_id=manifest.build_id)
+            else Candidate(
+                name=manifest.name,
+                version=manifest.version,
+                build_id=manifest.build_id,
+                rollout=staged,
+            )
         )
         verdict = decide(self.config, self.host_id, candidate, view, manual=manual)
         log.info("check (%s): %s: %s", reason, verdict.action, verdict.reason)
@@ -157,16 +165,24 @@ class Agent:
             self._report_failure(manifest, view, crash, time.monotonic() - started)
         return verdict
 
-    def _newest(self) -> Manifest | None:
-        """The newest signed release of this host's image on its stream, after a refresh."""
+    def _newest(self, *, manual: bool) -> tuple[Manifest | None, Rollout | None]:
+        """The newest signed release of this host's image on its stream that is not paused
+        (``policy.choose``; by hand, the newest one), and its signed rollout, after a
+        refresh."""
         self.client.refresh()
+        stream = self.config.stream
         try:
-            return self.client.latest(self.config.stream, self.config.name)
+            index = self.client.releases(stream)
         except TrustError as exc:
             if exc.reason != "not_found":
                 raise
             log.info("nothing to take: %s", exc)
-            return None
+            return None, None
+        table = self.client.rollouts(stream)
+        release = choose(index, table, self.config.name, manual=manual)
+        if release is None:
+            return None, None
+        return self.client.manifest(stream, release), table.of(release.name, release.version)
 
     def _act(self, verdict: Verdict, manifest: Manifest) -> None:
         image = self._download(manifest)

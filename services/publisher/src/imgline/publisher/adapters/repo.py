@@ -38,7 +38,7 @@ from tuf.api.metadata import TargetFile, Targets
 
 from imgline.core.artifacts import ArtifactError, verify_digest
 from imgline.core.fsutil import TMP_PREFIX, fsync_dir, out_of_space, write_atomic
-from imgline.core.trust import layout
+from imgline.core.trust import layout, rollout
 from imgline.core.trust.errors import TrustError
 from imgline.core.trust.keys import KeyDir
 from imgline.core.trust.repository import State, TufRepository
@@ -128,7 +128,9 @@ class Repository:
         expiry: layout.Expiry | None = None,
         clock: Callable[[], datetime] = layout.now,
         crash: Callable[[str], None] = lambda step: None,
+        first_wave: Callable[[str, str, datetime], rollout.Rollout | None] = lambda n, v, t: None,
     ) -> None:
+        self.first_wave = first_wave  # the rollout a new release starts with (None: everyone)
         self.keep_per_stream = dict(keep_per_stream or {})
         if min([keep, *self.keep_per_stream.values()]) < 1:
             raise RepositoryConfigError("retention must keep at least one release per image")
@@ -341,8 +343,73 @@ class Repository:
         if old_index is not None:
             retired.append(self._public_path(old_index))
         index = layout.ReleaseIndex(stream=img.stream, releases=kept)
-        role.targets[index_path] = self._write_target(index_path, layout.canonical_bytes(index))
+        table = rollout.table_of(old_index.custom if old_index else None, index_path)
+        table = table.only((r.name, r.version) for r in kept)
+        first = self.first_wave(img.name, img.version, manifest.published)
+        if first is not None:
+            table = table.put(first)
+        info = self._write_target(index_path, layout.canonical_bytes(index))
+        _sign_rollouts(info, table)
+        role.targets[index_path] = info
         return retired
+
+    # --- staged rollouts --------------------------------------------------------------------
+
+    def rollouts(self, stream: str, state: State | None = None) -> rollout.RolloutTable:
+        """The stream's signed rollout table, as hosts read it."""
+        state = state or self.load()
+        role = state.role(layout.stream_role(stream))
+        path = layout.releases_target(stream)
+        info = role.signed.targets.get(path) if role else None
+        return rollout.table_of(info.custom if info else None, path)
+
+    def update_rollout(
+        self,
+        stream: str,
+        name: str,
+        version: str,
+        change: Callable[[rollout.Rollout | None], rollout.Rollout | None],
+    ) -> rollout.Rollout | None:
+        """Sign ``change(current)`` as the release's rollout, in one commit; returns the rollout
+        in force afterwards.
+
+        ``change`` sees the signed state under the repository lock, so a decision made on an
+        older view (a pause racing an operator's resume) is made again on the current one.
+        Returning ``current`` (or None) changes nothing and signs nothing: a repeated pause
+        or a redelivered report costs no new metadata. Crash-safe like a publish: the new
+        stream role and snapshot are new files, and the timestamp's rename is the commit.
+        """
+        path = layout.releases_target(stream)
+        with self.tuf.locked():
+            state = self.load()
+            if self.releases(state, stream).find(name, version) is None:
+                raise ReleaseError(
+                    f"{name}-{version} is not listed in stream {stream}: no rollout to change "
+                    "(never published there, or retention dropped it)"
+                )
+            table = self.rollouts(stream, state)
+            current = table.of(name, version)
+            new = change(current)
+            if new is None or new == current:
+                return current
+            if (new.name, new.version) != (name, version):
+                raise ReleaseError(f"a rollout of {new.name}-{new.version} given for {version}")
+            changed: dict[str, Targets] = {}
+            role = self.tuf.ensure_stream(state, stream, changed)
+            _sign_rollouts(role.targets[path], table.put(new))
+            self.crash("rollout_prepared")
+            commit = self.tuf.commit(state, changed)
+            log.info(
+                "rollout of %s-%s in stream %s: %s (%s v%d, timestamp v%d)",
+                name,
+                version,
+                stream,
+                f"paused: {new.reason}" if new.paused else f"open to {new.share:.1%}",
+                layout.stream_role(stream),
+                commit.versions[layout.stream_role(stream)],
+                commit.timestamp_version,
+            )
+            return new
 
     def _public_path(self, info: TargetFile) -> str:
         return self._file_of(info).relative_to(self.root).as_posix()
@@ -430,6 +497,16 @@ class Repository:
             for leftover in directory.rglob(f"{TMP_PREFIX}*"):
                 log.warning("removing %s left by an interrupted publish", leftover)
                 leftover.unlink(missing_ok=True)
+
+
+def _sign_rollouts(info: TargetFile, table: rollout.RolloutTable) -> None:
+    """Put ``table`` in the custom field of the stream's releases.json entry (the stream role
+    signs it at the next commit); an empty table leaves no field."""
+    custom = rollout.custom_with(info.custom, table)
+    if custom:
+        info.unrecognized_fields["custom"] = custom
+    else:
+        info.unrecognized_fields.pop("custom", None)
 
 
 def published_event(repo: Repository, build_id: str, done: Published) -> p.ImagePublished:

@@ -7,13 +7,14 @@ interrupts the payload, so only the reboot waits for a maintenance window and th
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
+from imgline.core.trust import rollout
+from imgline.core.trust.layout import Release, ReleaseIndex
 from imgline.core.versions import is_newer
 from imgline.updater.errors import UpdaterError
 
@@ -113,10 +114,26 @@ def rollout_bucket(host_id: str, name: str, version: str) -> int:
     """This host's place (0..99) in the staged rollout of one release.
 
     A hash, so every run and every machine agrees without coordination; keyed by the release
-    too, so the same hosts are not always the first to get (and suffer) a new release.
+    too, so the same hosts are not always the first to get (and suffer) a new release. It is
+    the percentile of ``rollout.position``, the place the signed waves are compared with.
     """
-    digest = hashlib.sha256(f"{host_id}\0{name}\0{version}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % 100
+    return rollout.bucket(host_id, name, version)
+
+
+def choose(
+    index: ReleaseIndex, table: rollout.RolloutTable, name: str, *, manual: bool = False
+) -> Release | None:
+    """The release of ``name`` to consider: the newest one that is not paused.
+
+    A paused release is skipped as if withdrawn, so a host that missed the release before it
+    still gets that one. When every release is paused the newest is returned anyway, and
+    ``decide`` says why it is not taken. By hand (``manual``) it is the newest release, paused
+    or not: an admin's apply overrides a pause.
+    """
+    mine = [r for r in index.releases if r.name == name]
+    open_ = [r for r in mine if manual or not table.paused(r.name, r.version)]
+    pick = open_ or mine
+    return pick[0] if pick else None
 
 
 @dataclass(frozen=True)
@@ -126,6 +143,7 @@ class Candidate:
     name: str
     version: str
     build_id: str
+    rollout: rollout.Rollout | None = None  # as signed; None: open to every host
 
 
 @dataclass(frozen=True)
@@ -168,8 +186,12 @@ def decide(
     manual: bool = False,
 ) -> Verdict:
     """Apply, download or skip ``candidate``; ``manual`` is an admin asking for it by hand, which
-    overrides the policy, the rollout and an earlier rollback, but never ``disabled`` and never
-    moves the host backwards."""
+    overrides the policy, the rollout (signed waves and pauses included) and an earlier
+    rollback, but never ``disabled`` and never moves the host backwards.
+
+    A host already running (or with a pending boot of) a release that is paused later is not
+    moved: nothing here ever picks an older release, and its own health check is what rolls
+    it back. The pause stops the release from spreading; it does not chase it."""
     if config.policy == "disabled" or candidate is None:
         return _skip(_nothing_to_take(config, candidate))
     version = candidate.version
@@ -195,6 +217,9 @@ def decide(
     for refused, reason in refusals:
         if refused:
             return _skip(reason)
+    staged = _staged(host_id, candidate)
+    if staged is not None and not manual:
+        return _skip(staged)
     if config.policy == "download-only" and not manual:
         return Verdict(
             action="download",
@@ -208,6 +233,24 @@ def decide(
             f"(its bucket {bucket} is outside the first {config.rollout_percent}%)"
         )
     return _apply(config, version, view, manual=manual)
+
+
+def _staged(host_id: str, candidate: Candidate) -> str | None:
+    """Why the signed rollout keeps ``candidate`` from this host, or None. Checked before
+    ``download-only`` too: a paused or not-yet-open release is not even downloaded."""
+    staged = candidate.rollout
+    if staged is None:
+        return None
+    if staged.paused:
+        why = staged.reason or "no reason given"
+        return f"{candidate.version} is paused by the publisher's rollout ({why})"
+    place = rollout.position(host_id, candidate.name, candidate.version)
+    if not staged.admits(place):
+        return (
+            f"{candidate.version} is open to {staged.share:.1%} of hosts so far; this host's "
+            f"place in its rollout is {place:.2%}"
+        )
+    return None
 
 
 def _apply(config: HostConfig, version: str, view: HostView, *, manual: bool) -> Verdict:
