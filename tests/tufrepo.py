@@ -211,3 +211,18 @@ def unaccounted_targets(repo: TufRepository) -> set[str]:
     )
     on_disk = {f.relative_to(repo.root_dir).as_posix() for f in repo.targets_dir.rglob("*")}
     return {f for f in on_disk if (repo.root_dir / f).is_file()} - listed - queued
+
+
+def publisher_config(
+    repo: TufRepository, store_dir: Path, work_dir: Path, base_url: str, **more: Any
+) -> dict[str, Any]:
+    """imgline-publisher's ``[consumer_config]`` for ``repo`` (signed with its online keys),
+    the artefact store at ``store_dir``, served at ``base_url``; ``more`` keys added."""
+    return {
+        "store_dir": str(store_dir),
+        "repo_dir": str(repo.root_dir),
+        "keys_dir": str(repo.keys.directory),
+        "work_dir": str(work_dir),
+        "base_url": base_url,
+        **more,
+    }

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from bushelpers import ServiceProcess, service_process, wait_for
 from fakehost import FakeHost
-from tufrepo import client, make_tested
+from tufrepo import client, make_tested, publisher_config
 
 from imgline.core import verdicts
 from imgline.core.artifacts import LocalArtifactStore
@@ -72,15 +72,14 @@ def test_hosts_refuse_an_expired_timestamp_until_the_publisher_is_back(
     repository again without anything published, and the next release is applied once."""
     store = LocalArtifactStore(tmp_path / "store")
     r1, r2 = release(tmp_path, store, "20261205.1"), release(tmp_path, store, "20261205.2")
-    config = {
-        "store_dir": str(store.root),
-        "repo_dir": str(repo.root_dir),
-        "keys_dir": str(repo.keys.directory),
-        "work_dir": str(tmp_path / "work"),
-        "base_url": served,
-        "expiry": {"timestamp": LIFETIME},
-        "refresh_interval_seconds": 0.5,
-    }
+    config = publisher_config(
+        repo,
+        store.root,
+        tmp_path / "work",
+        served,
+        expiry={"timestamp": LIFETIME},
+        refresh_interval_seconds=0.5,
+    )
     host_config = HostConfig(
         host_id="drill-host",
         stream="stable",

@@ -36,6 +36,7 @@ import pika.exceptions
 import pytest
 from bushelpers import ServiceProcess, service_process, take_all, wait_for
 from fedora_messaging import message as fm_message
+from tufrepo import publisher_config
 
 from imgline.core import verdicts
 from imgline.core.artifacts import LocalArtifactStore
@@ -326,13 +327,7 @@ def test_the_publisher_believes_only_the_stored_verdict(
         ),
     ]
     before = repo.load()
-    config = {
-        "store_dir": str(store.root),
-        "repo_dir": str(repo.root_dir),
-        "keys_dir": str(repo.keys.directory),
-        "work_dir": str(tmp_path / "work"),
-        "base_url": served,
-    }
+    config = publisher_config(repo, store.root, tmp_path / "work", served)
     with service_process(
         "publisher",
         amqp_url,

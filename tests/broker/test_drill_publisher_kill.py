@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from bushelpers import ServiceProcess, service_process, wait_for
-from tufrepo import client, unaccounted_targets
+from tufrepo import client, publisher_config, unaccounted_targets
 
 from imgline.core import verdicts
 from imgline.core.artifacts import LocalArtifactStore
@@ -88,13 +88,7 @@ def test_publisher_killed_between_targets_and_snapshot_publishes_once_on_restart
     tested = passed_image(store, "20261206.1")
     metadata_before = files(repo.root_dir, layout.METADATA_DIR)
     targets_before = files(repo.root_dir, layout.TARGETS_DIR)
-    config = {
-        "store_dir": str(store.root),
-        "repo_dir": str(repo.root_dir),
-        "keys_dir": str(repo.keys.directory),
-        "work_dir": str(tmp_path / "work"),
-        "base_url": served,
-    }
+    config = publisher_config(repo, store.root, tmp_path / "work", served)
     with service_process(
         "publisher",
         amqp_url,

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from bushelpers import ServiceProcess, post, service_process, wait_for
 from fakehost import FakeHost
+from tufrepo import publisher_config
 
 from imgline.core.artifacts import LocalArtifactStore
 from imgline.core.broker import free_port
@@ -169,13 +170,7 @@ def test_prometheus_scrapes_every_service_and_finds_the_documented_series(
             "build_mode": "root",
         },
         "tester": {"store_dir": str(store.root), "work_dir": str(tmp_path / "test-work")},
-        "publisher": {
-            "store_dir": str(store.root),
-            "repo_dir": str(repo.root_dir),
-            "keys_dir": str(repo.keys.directory),
-            "work_dir": str(tmp_path / "pub-work"),
-            "base_url": served,
-        },
+        "publisher": publisher_config(repo, store.root, tmp_path / "pub-work", served),
         "ledger": {"db_path": str(tmp_path / "ledger.sqlite3")},
     }
     consumes = {s: ROLE_BY_USER[s].consumes for s in SERVICES}

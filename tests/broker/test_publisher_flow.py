@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from bushelpers import service_process
-from tufrepo import client
+from tufrepo import client, publisher_config
 
 from imgline.core import verdicts
 from imgline.core.artifacts import LocalArtifactStore
@@ -68,13 +68,7 @@ def test_passed_image_is_published_and_failed_one_rejected(
 ) -> None:
     pinned_root = repo.root_bytes()
     store = LocalArtifactStore(tmp_path / "store")
-    config = {
-        "store_dir": str(store.root),
-        "repo_dir": str(repo.root_dir),
-        "keys_dir": str(repo.keys.directory),
-        "work_dir": str(tmp_path / "work"),
-        "base_url": served,
-    }
+    config = publisher_config(repo, store.root, tmp_path / "work", served)
     good = image_tested(store, "20261123.1", passed=True)
     bad = image_tested(store, "20261123.2", passed=False)
     swapped = image_tested(store, "20261123.3", passed=True)

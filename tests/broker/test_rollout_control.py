@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from bushelpers import ServiceProcess, queue_depth, service_process, wait_for
 from fakehost import FakeHost
-from tufrepo import client, make_tested
+from tufrepo import client, make_tested, publisher_config
 
 from imgline.core import verdicts
 from imgline.core.artifacts import LocalArtifactStore
@@ -44,14 +44,7 @@ OLD, NEW = "20261122.1", "20261123.1"
 def publisher_with(
     amqp_url: str, tmp: Path, repo: TufRepository, served: str, rollout: dict[str, Any]
 ) -> Iterator[ServiceProcess]:
-    config = {
-        "store_dir": str(tmp / "store"),
-        "repo_dir": str(repo.root_dir),
-        "keys_dir": str(repo.keys.directory),
-        "work_dir": str(tmp / "work"),
-        "base_url": served,
-        "rollout": rollout,
-    }
+    config = publisher_config(repo, tmp / "store", tmp / "work", served, rollout=rollout)
     with service_process(
         "publisher",
         amqp_url,

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from bushelpers import ServiceProcess, queue_depth, service_process, wait_for
 from fakehost import FakeHost, forged
-from tufrepo import make_tested
+from tufrepo import make_tested, publisher_config
 
 from imgline.core import verdicts
 from imgline.core.artifacts import LocalArtifactStore
@@ -40,13 +40,7 @@ def publisher(
     amqp_url: str, tmp_path: Path, repo: TufRepository, served: str
 ) -> Iterator[ServiceProcess]:
     """imgline-publisher as its own process, as deployed; its events land on ``svc.watch``."""
-    config = {
-        "store_dir": str(tmp_path / "store"),
-        "repo_dir": str(repo.root_dir),
-        "keys_dir": str(repo.keys.directory),
-        "work_dir": str(tmp_path / "work"),
-        "base_url": served,
-    }
+    config = publisher_config(repo, tmp_path / "store", tmp_path / "work", served)
     with service_process(
         "publisher",
         amqp_url,

@@ -19,7 +19,7 @@ import pytest
 from bushelpers import ServiceProcess, service_process
 from fedora_messaging import message as fm_message
 from sampleimages import Images
-from tufrepo import client
+from tufrepo import client, publisher_config
 
 from imgline.core.artifacts import LocalArtifactStore
 from imgline.core.trust.errors import TrustError
@@ -127,13 +127,9 @@ def test_changed_bytes_are_failed_or_rejected_and_never_signed(
             tmp_path,
             consumes=("image.tested",),
             emits=(ImagePublishedV1.binding(), "image.rejected"),
-            consumer_config={
-                "store_dir": str(store.root),
-                "repo_dir": str(repo.root_dir),
-                "keys_dir": str(repo.keys.directory),
-                "work_dir": str(tmp_path / "publisher-work"),
-                "base_url": server.url,
-            },
+            consumer_config=publisher_config(
+                repo, store.root, tmp_path / "publisher-work", server.url
+            ),
         ) as publisher,
     ):
 

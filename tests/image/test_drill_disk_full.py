@@ -33,7 +33,7 @@ from bushelpers import ServiceProcess, service_process, wait_for
 from fedora_messaging import message as fm_message
 from prometheus_client.parser import text_string_to_metric_families
 from sampleimages import Images
-from tufrepo import client, make_tested
+from tufrepo import client, make_tested, publisher_config
 
 from imgline.core import verdicts
 from imgline.core.artifacts import LocalArtifactStore
@@ -179,13 +179,7 @@ def test_a_full_repository_disk_delays_a_release_and_changes_nothing(
         )
         pinned = repo.root_bytes()
         server = stack.enter_context(http.running(repo.root_dir))
-        config = {
-            "store_dir": str(store.root),
-            "repo_dir": str(repo.root_dir),
-            "keys_dir": str(repo.keys.directory),
-            "work_dir": str(tmp_path / "work"),
-            "base_url": server.url,
-        }
+        config = publisher_config(repo, store.root, tmp_path / "work", server.url)
         with service_process(
             "publisher",
             amqp_url,
