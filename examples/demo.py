@@ -114,6 +114,18 @@ def start_prometheus(ports: dict[str, int]) -> PrivatePrometheus:
     return prom
 
 
+def run_cli(argv: list[str]) -> int:
+    """``imgline ARGV`` in this process; it sets up logging for itself, the demo's is put back
+    after it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        return imgline_cli.main(argv)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 def push_and_follow(system: stack.System, step: str, files: dict[str, str], message: str) -> int:
     """``git push`` to the vendor repository while ``imgline status --follow`` (what an operator
     types) waits for the request the push makes and shows each stage as it happens."""
@@ -133,7 +145,7 @@ def push_and_follow(system: stack.System, step: str, files: dict[str, str], mess
     pusher = threading.Thread(target=push, name="git-push", daemon=True)
     pusher.start()
     sys.stdout.flush()
-    code = imgline_cli.main(argv)
+    code = run_cli(argv)
     sys.stdout.flush()
     pusher.join(60)
     return code
@@ -223,7 +235,7 @@ def show_trace(system: stack.System, build_id: str, prom: PrivatePrometheus) -> 
     for argv in (["status", "--ledger", db], ["status", build_id[:12], "--ledger", db]):
         log.info("5) $ imgline %s", " ".join(argv))
         sys.stdout.flush()
-        imgline_cli.main(argv)
+        run_cli(argv)
         sys.stdout.flush()
     expr = "imgline_fleet_hosts_by_version"
     found: list[dict[str, Any]] = []
