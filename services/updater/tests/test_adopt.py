@@ -51,6 +51,9 @@ class FakeLvm:
     def path(self, lv: str) -> Path:
         return Path("/dev") / self.vg / lv
 
+    def list(self) -> list[LogicalVolume]:
+        return [v for lv in sorted(self.lvs) if (v := self.get(lv)) is not None]
+
 
 class Host:
     """An anaconda-installed host's files: root, /boot, installed.json, image.json."""

@@ -26,7 +26,7 @@ from imgline.schemas.payloads import ImageName, Sha256Hex, StreamName, Version, 
 from imgline.updater.adapters.bootloader import BootLoader
 from imgline.updater.adapters.lvm import Lvm
 from imgline.updater.adapters.system import same_device
-from imgline.updater.apply import HostFiles, layer_options
+from imgline.updater.apply import HostFiles, layer_options, volume_lvs
 from imgline.updater.domain import bootentry, journal
 from imgline.updater.domain.bootentry import Entry
 from imgline.updater.domain.journal import HostState, LastResult, Layer, LvName
@@ -127,7 +127,11 @@ class Adopter:
             linux=f"/imgline/{installed.layer}/vmlinuz",
             initrd=f"/imgline/{installed.layer}/initrd.img",
             options=layer_options(
-                self.lvm.vg, installed.layer, meta.kernel_args, self.config.kernel_args
+                self.lvm.vg,
+                installed.layer,
+                meta.kernel_args,
+                self.config.kernel_args,
+                volume_lvs(self.lvm),
             ),
         )
         self._boot_files(installed.layer, meta)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,7 +25,7 @@ from imgline.core.liveimg import FACTORY_ETC
 from imgline.schemas.payloads import utcnow
 from imgline.updater import image as img
 from imgline.updater.adapters.bootloader import BootLoader
-from imgline.updater.adapters.lvm import BASE_TAG, LAYER_TAG, Lvm, check_name
+from imgline.updater.adapters.lvm import BASE_TAG, LAYER_TAG, VOLUME_TAG, Lvm, check_name
 from imgline.updater.adapters.system import System, same_device
 from imgline.updater.domain import bootentry, etcmerge, journal
 from imgline.updater.domain.bootentry import Entry
@@ -59,10 +59,24 @@ def layer_lv(name: str, version: str) -> str:
     return check_name(f"{name}-{version}+1")
 
 
-def layer_options(vg: str, layer: str, image_args: str, host_args: str) -> str:
-    """A layer's kernel command line: its root LV, then the image's, then the host's args."""
-    own = f"root=/dev/{vg}/{layer} rd.lvm.lv={vg}/{layer} rw"
+def layer_options(
+    vg: str, layer: str, image_args: str, host_args: str, volumes: Iterable[str] = ()
+) -> str:
+    """A layer's kernel command line: its root LV and the host's shared volumes, then the
+    image's args, then the host's.
+
+    The initramfs activates the shared volumes (``/var``, ``/var/log``, ...) with the root.
+    Left to lvm's event activation in the booted system, one of them now and then never showed
+    up on a loaded machine: the boot waited for /dev/imgline/var_log and ended in emergency
+    mode, before any health check could roll it back."""
+    lvs = [layer, *sorted(volumes)]
+    own = f"root=/dev/{vg}/{layer} " + " ".join(f"rd.lvm.lv={vg}/{lv}" for lv in lvs) + " rw"
     return " ".join(a for a in (own, image_args, host_args) if a)
+
+
+def volume_lvs(lvm: Lvm) -> list[str]:
+    """The host's shared volumes, as its install made them (tagged)."""
+    return sorted(lv.name for lv in lvm.list() if VOLUME_TAG in lv.tags)
 
 
 class HostFiles:
@@ -272,7 +286,13 @@ class Applier:
                 f"the release is {jr.name} {jr.version} (build {jr.build_id[:12]}): not applied",
                 "verify",
             )
-        options = layer_options(self.lvm.vg, jr.layer_lv, info.kernel_args, self.config.kernel_args)
+        options = layer_options(
+            self.lvm.vg,
+            jr.layer_lv,
+            info.kernel_args,
+            self.config.kernel_args,
+            volume_lvs(self.lvm),
+        )
         notes = {
             **jr.notes,
             "rootfs_bytes": info.rootfs_bytes,
