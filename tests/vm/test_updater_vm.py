@@ -2,15 +2,14 @@
 lvm2 (vm tier).
 
 v1, v2 and v3 are releases of the node image (tests/hostimages.py): v2 changes vendor files in
-/etc, v3 is only ever half applied (its payload is broken). A disk is installed with v1 by
+/etc, v3's payload fails, so its health check fails. A disk is installed with v1 by
 ``imgline-updater install`` in a helper guest, then booted like a machine:
 
 - GRUB: an apply of v2 killed with SIGKILL after each of its steps, resumed each time (the old
   default stays the default until the switch); the disk then boots on SeaBIOS, v2 passes its
-  health check (``host.upgraded`` on the bus) with the admin's /etc kept; last, the same disk
-  starts through OVMF and GRUB's EFI image. (A release that fails its health check on the
-  host and is rolled back by the host itself: tests/vm/test_end_to_end.py, through the whole
-  pipeline.)
+  health check (``host.upgraded`` on the bus) with the admin's /etc kept; v3 is published,
+  the agent applies it, it fails its health check, and the host goes back to v2 by itself
+  (``host.rolled_back``); last, the same disk starts through OVMF and GRUB's EFI image.
 - systemd-boot on OVMF: the agent on v1 applies v2 from the signed repository, reboots into
   the entry whose file name carries the boot counter, and blesses it.
 """
@@ -206,6 +205,27 @@ def upgraded(host: Watcher, lab: Lab, old: HostRelease, new: HostRelease) -> Non
     )
 
 
+def rolls_back(host: Watcher, lab: Lab, good: HostRelease, bad: HostRelease) -> None:
+    """``bad`` is published, applied by the agent, fails its health check, and the host is back
+    on ``good`` by itself (host.rolled_back). Prints the times the closing report quotes."""
+    lab.publish(bad)
+    t_bad = host.seconds
+    _expect(host, f"IMGLINE-HEALTH host.rolled_back {bad.version}", APPLY_TIMEOUT)
+    t_rollback = host.seconds
+    _expect(host, f"{READY} {good.version}", BOOT_TIMEOUT)
+    print(
+        f"{bad.version}: applied and failed its health check after {t_rollback - t_bad:.0f}s; "
+        f"back on {good.version} {host.seconds - t_rollback:.0f}s later"
+    )
+    rolled = lab.wait_report("host.rolled_back", 240)
+    assert (rolled["from_version"], rolled["to_version"], rolled["step"]) == (
+        good.version,
+        bad.version,
+        "health",
+    )
+    assert "node-payload.service" in str(rolled["error"])
+
+
 def test_systemd_boot_host_applies_a_published_release_and_blesses_it(
     tmp_path: Path,
     node_liveimg: Path,
@@ -249,7 +269,7 @@ PY
 """
 
 
-def test_grub_host_resumes_a_killed_apply_and_upgrades(
+def test_grub_host_resumes_a_killed_apply_upgrades_and_rolls_back_a_bad_release(
     tmp_path: Path,
     grub_v1: Path,
     node_liveimg: Path,
@@ -257,8 +277,9 @@ def test_grub_host_resumes_a_killed_apply_and_upgrades(
     lab: Lab,
 ) -> None:
     """GRUB, installed with v1: an apply of v2 killed after each of its steps and resumed; then
-    the disk boots like a machine (SeaBIOS) and v2 is blessed; last, the same disk starts
-    through OVMF and GRUB's EFI image, with the same grub.cfg and grubenv."""
+    the disk boots like a machine (SeaBIOS), v2 is blessed, the agent applies a published v3
+    that fails its health check and the host is back on v2 by itself; last, the same disk
+    starts through OVMF and GRUB's EFI image, with the same grub.cfg and grubenv."""
     v1, v2, v3 = releases
     disk = _copy(grub_v1, tmp_path / "host.img")
     apply_v2 = f"{UPDATER} apply --image /job/v2.img --sha256 {v2.sha256}"
@@ -291,11 +312,12 @@ def test_grub_host_resumes_a_killed_apply_and_upgrades(
     console = tmp_path / "console.log"
     with start_disk(disk, firmware="bios", net=lab.services.net(), console_log=console) as host:
         upgraded(host, lab, v1, v2)
+        rolls_back(host, lab, v2, v3)
     with start_disk(disk, firmware="uefi", console_log=tmp_path / "uefi.log") as host:
         _expect(host, f"{READY} {v2.version}", BOOT_TIMEOUT)
     seen = inspect(node_liveimg, disk)
     assert seen.state["default_layer"] == f"node-{v2.version}+1"
-    assert seen.state["bad_versions"] == []
+    assert seen.state["bad_versions"] == [v3.version]
     assert seen.state["pending"] is None
     # the three-way /etc merge: admin's edit kept, vendor's update taken, a conflict saved
     assert seen.etc["admin.conf"] == ADMIN_EDITS["admin.conf"]
