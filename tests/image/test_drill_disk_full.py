@@ -53,7 +53,7 @@ LIMIT = 3
 @pytest.fixture(autouse=True)
 def _needs_root() -> None:
     if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
+        pytest.fail("mounting a small tmpfs needs root: run the image tier as root (make test)")
 
 
 @contextmanager
